@@ -1,0 +1,3 @@
+"""vidcli: video classification from the command line."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from vidcli.cli.main import main
+
+main()

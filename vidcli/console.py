@@ -1,0 +1,48 @@
+"""Where output goes: results to stdout, everything else (logs, progress, warnings) to stderr.
+
+Progress bars appear only when stderr is a terminal, so pipelines and CI logs stay clean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import Protocol
+
+from rich.console import Console
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+
+def log(message: str) -> None:
+    err.print(message)
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/yellow] {message}")
+
+
+class Advance(Protocol):
+    def __call__(self, n: int = 1) -> None: ...
+
+
+@contextlib.contextmanager
+def progress(total: int | None, description: str) -> Iterator[Advance]:
+    """A Rich progress bar on stderr when it is a TTY; a no-op otherwise. Yields `advance(n=1)`."""
+    if not sys.stderr.isatty():
+        yield lambda n=1: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(task, n)
