@@ -1,0 +1,139 @@
+"""Run folders: runs/<recipe name>/<n>, numbered, never overwritten.
+
+A run folder is the unit a user passes around: it holds the resolved recipe, the labels, the
+checkpoints (`best`, `last`), history, metrics, plots and an env.json saying how it was made.
+`run.json` marks a folder as a run and records its state (epochs done, best score, status).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from vidcli import __version__, fsio, recipe as recipe_mod
+from vidcli.errors import VidcliError
+
+RUN_FILE = "run.json"
+RECIPE_FILE = "recipe.yaml"
+LABELS_FILE = "labels.json"
+
+
+def _next_index(parent: Path) -> int:
+    taken = [int(p.name) for p in parent.iterdir() if p.is_dir() and p.name.isdigit()] if parent.is_dir() else []
+    return max(taken, default=0) + 1
+
+
+def create(runs_root: str | Path, name: str) -> Path:
+    """Make the next free runs_root/name/<n>. mkdir without exist_ok makes two racing runs pick different n."""
+    parent = Path(runs_root) / name
+    parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        path = parent / str(_next_index(parent))
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+
+
+@dataclass
+class Run:
+    path: Path
+
+    @classmethod
+    def open(cls, path: str | Path) -> Run:
+        p = Path(path)
+        if not p.is_dir():
+            raise VidcliError(f"{p}: run folder not found")
+        if not (p / RUN_FILE).is_file() or not (p / RECIPE_FILE).is_file():
+            raise VidcliError(f"{p}: not a vidcli run folder (no {RUN_FILE} / {RECIPE_FILE})")
+        return cls(p)
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return fsio.read_json(self.path / RUN_FILE)
+
+    def update_state(self, **changes: Any) -> dict[str, Any]:
+        state = self.state if (self.path / RUN_FILE).exists() else {}
+        state.update(changes, updated=_now())
+        fsio.write_json(self.path / RUN_FILE, state)
+        return state
+
+    @property
+    def recipe(self) -> recipe_mod.Recipe:
+        return recipe_mod.load(self.path / RECIPE_FILE)
+
+    @property
+    def labels(self) -> list[str]:
+        f = self.path / LABELS_FILE
+        if not f.is_file():
+            raise VidcliError(f"{self.path}: labels file {LABELS_FILE} is missing")
+        labels = fsio.read_json(f)
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise VidcliError(f"{f}: expected a JSON list of class names")
+        return labels
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+def start(runs_root: str | Path, rec: recipe_mod.Recipe, labels: list[str], backend: str) -> Run:
+    run = Run(create(runs_root, rec.name))
+    fsio.write_text(run.file(RECIPE_FILE), recipe_mod.dump(rec))
+    fsio.write_json(run.file(LABELS_FILE), labels)
+    fsio.write_json(run.file("env.json"), environment(rec.train.seed, backend))
+    run.update_state(status="created", epochs_done=0, created=_now(), name=rec.name, backend=backend)
+    return run
+
+
+def newest(runs_root: str | Path = "runs") -> Run:
+    root = Path(runs_root)
+    candidates = [p.parent for p in root.glob(f"*/*/{RUN_FILE}")] if root.is_dir() else []
+    if not candidates:
+        raise VidcliError(f"no runs found under {root}/; train one with `vidcli train RECIPE` or pass --model")
+    return Run(max(candidates, key=lambda p: (p / RUN_FILE).stat().st_mtime))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment(seed: int, backend: str) -> dict[str, Any]:
+    """What made this run: versions, machine, seed, and the code's git commit when there is one."""
+    from importlib import metadata
+
+    versions = {}
+    for pkg in ("numpy", "opencv-python-headless", "tensorflow", "keras", "torch", "onnx", "onnxruntime"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    return {
+        "vidcli": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "backend": backend,
+        "seed": seed,
+        "git_commit": _git_commit(),
+        "versions": versions,
+        "argv": sys.argv,
+        "created": _now(),
+    }
