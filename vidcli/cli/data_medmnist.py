@@ -1,0 +1,42 @@
+"""`vidcli data medmnist`: fetch a MedMNIST 3D set into the volumes format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vidcli import console
+
+_NAMES = "organmnist3d, nodulemnist3d, adrenalmnist3d, fracturemnist3d, vesselmnist3d, synapsemnist3d"
+
+
+def register(app: typer.Typer) -> None:
+    """Add `medmnist` to the `data` command group."""
+    app.command("medmnist")(medmnist)
+
+
+def medmnist(
+    name: Annotated[str, typer.Option("--name", help=f"Data set: {_NAMES}.")] = "organmnist3d",
+    size: Annotated[int, typer.Option("--size", help="Edge length of the volumes: 28 or 64.")] = 28,
+    out: Annotated[Path, typer.Option("--out", help="Folder for <name>_<size>.npz and its labels.")] = Path(
+        "data/medmnist"
+    ),
+    file: Annotated[
+        Path | None, typer.Option("--file", help="Import an npz you already have instead of downloading.")
+    ] = None,
+    url: Annotated[str | None, typer.Option("--url", help="Download from this mirror instead of Zenodo.")] = None,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the MD5 check (for modified files).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the written paths as one JSON object.")] = False,
+) -> None:
+    """Download a MedMNIST 3D data set (or import a local copy), verify it and store it for training."""
+    from vidcli.datasets.medmnist import fetch_medmnist, paths
+
+    npz = fetch_medmnist(name, size, out, file=file, url=url, verify=not no_verify)
+    _, sidecar = paths(name, size, out)
+    if as_json:
+        typer.echo(json.dumps({"name": name.strip().lower(), "size": size, "npz": str(npz), "labels": str(sidecar)}))
+    else:
+        console.out.print(f"wrote {npz} and {sidecar}")
