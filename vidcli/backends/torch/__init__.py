@@ -1,0 +1,1 @@
+"""PyTorch backend: TSM on a ResNet-50. Imported only when a torch model is used."""

@@ -1,0 +1,218 @@
+"""TSM (Lin et al. 2019): a 2D ResNet-50 that mixes time by shifting channels between neighbouring frames.
+
+Module names follow mit-han-lab/temporal-shift-module's `TSN` (`base_model`, `new_fc`, `...conv1.net`) so
+the released checkpoints load by name; see `tsm_import`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vidcli.backends.torch.resnet import ResNet, resnet50
+from vidcli.errors import VidcliError
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+SHIFT_PLACES = ("blockres", "block")
+CONSENSUS = ("avg",)
+
+
+def temporal_shift(x: torch.Tensor, n_segment: int, fold_div: int = 8) -> torch.Tensor:
+    """Shift 1/fold_div of the channels one frame back in time and 1/fold_div forward, zero-filling the ends.
+
+    Built from slices and `cat` rather than in-place writes so autograd and ONNX export see a pure function.
+    """
+    nt, c, h, w = x.shape
+    x = x.reshape(nt // n_segment, n_segment, c, h, w)
+    fold = c // fold_div
+    pad = x.new_zeros(x.shape[0], 1, fold, h, w)
+    from_next = torch.cat([x[:, 1:, :fold], pad], dim=1)
+    from_prev = torch.cat([pad, x[:, :-1, fold : 2 * fold]], dim=1)
+    out = torch.cat([from_next, from_prev, x[:, :, 2 * fold :]], dim=2)
+    return out.reshape(nt, c, h, w)
+
+
+class TemporalShift(nn.Module):
+    """Shift, then run `net`; holding `net` as a child keeps its parameters under `<name>.net.*` as upstream."""
+
+    def __init__(self, net: nn.Module, n_segment: int = 8, fold_div: int = 8):
+        super().__init__()
+        self.net = net
+        self.n_segment = n_segment
+        self.fold_div = fold_div
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(temporal_shift(x, self.n_segment, self.fold_div))
+
+    def extra_repr(self) -> str:
+        return f"n_segment={self.n_segment}, fold_div={self.fold_div}"
+
+
+class TSM(nn.Module):
+    """ResNet-50 backbone per frame, dropout, `new_fc` per frame, then the average over segments.
+
+    Consensus comes after the head as in the reference, so logits (not features) are averaged.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        num_segments: int = 8,
+        shift_div: int = 8,
+        shift_place: str = "blockres",
+        dropout: float = 0.8,
+        consensus: str = "avg",
+        partial_bn: bool = False,
+    ):
+        super().__init__()
+        if shift_place not in SHIFT_PLACES:
+            raise ValueError(f"shift_place must be one of {SHIFT_PLACES}, got {shift_place!r}")
+        if consensus not in CONSENSUS:
+            raise ValueError(f"consensus must be one of {CONSENSUS}, got {consensus!r}")
+        self.num_classes = num_classes
+        self.num_segments = num_segments
+        self.shift_div = shift_div
+        self.shift_place = shift_place
+        self.consensus = consensus
+
+        def shift(m: nn.Module) -> nn.Module:
+            return TemporalShift(m, num_segments, shift_div)
+
+        if shift_place == "block":
+            self.base_model: ResNet = resnet50(None, wrap_block=shift)
+        else:
+            self.base_model = resnet50(None, wrap_conv1=shift)
+        self.dropout = nn.Dropout(dropout)
+        self.new_fc = nn.Linear(self.base_model.num_features, num_classes)
+        self.reset_head()
+        self.partial_bn = partial_bn
+        if partial_bn:
+            self.train(self.training)
+
+    def reset_head(self) -> None:
+        """The reference's head init (N(0, 0.001), zero bias): small logits so fine-tuning starts gently."""
+        nn.init.normal_(self.new_fc.weight, 0.0, 0.001)
+        nn.init.zeros_(self.new_fc.bias)
+
+    def _later_bns(self) -> list[nn.BatchNorm2d]:
+        return [m for m in self.base_model.modules() if isinstance(m, nn.BatchNorm2d)][1:]
+
+    def set_partial_bn(self, enable: bool) -> None:
+        """Switching it off hands the frozen BatchNorm affine parameters back to the optimizer."""
+        self.partial_bn = enable
+        if not enable:
+            for bn in self._later_bns():
+                bn.weight.requires_grad_(True)
+                bn.bias.requires_grad_(True)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> TSM:
+        """With partial BN, every BatchNorm but the first stays in eval mode and frozen while training.
+
+        Small video batches give poor batch statistics; keeping the pretrained ones is how upstream fine-tunes.
+        """
+        super().train(mode)
+        if self.partial_bn and mode:
+            for bn in self._later_bns():
+                bn.eval()
+                bn.weight.requires_grad_(False)
+                bn.bias.requires_grad_(False)
+        return self
+
+    def _fits(self, x: torch.Tensor) -> bool:
+        t = self.num_segments
+        return (x.dim() == 5 and tuple(x.shape[1:3]) == (t, 3)) or (x.dim() == 4 and x.shape[1] == 3 * t)
+
+    def _frames(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) or upstream's (B, T*3, H, W) -> (B*T, 3, H, W)."""
+        t = self.num_segments
+        # Under ONNX tracing sizes are tensors; the check would only be baked in as a constant.
+        if not torch.jit.is_tracing() and not self._fits(x):
+            raise VidcliError(
+                f"TSM expects input (B, {t}, 3, H, W) or (B, {3 * t}, H, W), got {tuple(x.shape)}; "
+                "model.params.num_segments must equal the frames per clip"
+            )
+        return x.reshape(-1, 3, x.shape[-2], x.shape[-1])
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-frame pooled backbone features (B*T, 2048), before dropout and head."""
+        return self.base_model(self._frames(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.new_fc(self.dropout(self.features(x)))
+        return logits.reshape(-1, self.num_segments, self.num_classes).mean(dim=1)
+
+
+@dataclass
+class TsmParams:
+    num_segments: int = 8
+    shift_div: int = 8
+    shift_place: str = "blockres"
+    dropout: float = 0.8
+    consensus: str = "avg"
+    partial_bn: bool = False
+    pretrained: str | None = None
+    imagenet_init: str | None = None
+
+
+def _bad(field: str, why: str, value: object) -> VidcliError:
+    return VidcliError(f"model.params.{field}: {why}, got {value!r}")
+
+
+def validate(params: TsmParams) -> None:
+    """Raise a VidcliError naming the first bad field, so a recipe typo never reaches torch."""
+    p = params
+
+    def is_int(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not is_int(p.num_segments) or p.num_segments < 1:
+        raise _bad("num_segments", "must be an integer >= 1", p.num_segments)
+    if not is_int(p.shift_div) or not 2 <= p.shift_div <= 64:
+        raise _bad("shift_div", "must be an integer in [2, 64] (64: the narrowest shifted input)", p.shift_div)
+    if p.shift_place not in SHIFT_PLACES:
+        raise _bad("shift_place", f"must be one of {', '.join(SHIFT_PLACES)}", p.shift_place)
+    if isinstance(p.dropout, bool) or not isinstance(p.dropout, (int, float)) or not 0.0 <= p.dropout < 1.0:
+        raise _bad("dropout", "must be a number in [0, 1)", p.dropout)
+    if isinstance(p.dropout, float) and math.isnan(p.dropout):
+        raise _bad("dropout", "must be a number in [0, 1)", p.dropout)
+    if p.consensus not in CONSENSUS:
+        raise _bad("consensus", f"must be one of {', '.join(CONSENSUS)}", p.consensus)
+    if not isinstance(p.partial_bn, bool):
+        raise _bad("partial_bn", "must be true or false", p.partial_bn)
+    for field in ("pretrained", "imagenet_init"):
+        value = getattr(p, field)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise _bad(field, "must be a file path or null", value)
+    if p.pretrained and p.imagenet_init:
+        raise VidcliError(
+            "model.params.pretrained and model.params.imagenet_init are exclusive: a TSM checkpoint already sets "
+            "every backbone weight"
+        )
+
+
+def build(params: TsmParams, num_classes: int) -> TSM:
+    """A TSM from recipe params, initialised from `pretrained` (TSM release) or `imagenet_init` if given."""
+    validate(params)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise VidcliError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    model = TSM(
+        num_classes,
+        num_segments=params.num_segments,
+        shift_div=params.shift_div,
+        shift_place=params.shift_place,
+        dropout=float(params.dropout),
+        consensus=params.consensus,
+        partial_bn=params.partial_bn,
+    )
+    from vidcli.backends.torch import tsm_import
+
+    if params.pretrained:
+        tsm_import.load_tsm_checkpoint(model, params.pretrained)
+    elif params.imagenet_init:
+        tsm_import.load_imagenet_resnet50(model, params.imagenet_init)
+    return model
