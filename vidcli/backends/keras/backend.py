@@ -1,0 +1,282 @@
+"""The Keras backend: build, fit, predict, load, export for every Keras family.
+
+Checkpoints are full `.keras` files (weights and optimizer state), written atomically at the end
+of every epoch as `last.keras`, copied to `best.keras` when the monitored score improves. A run
+resumed from `last.keras` continues with the same optimizer state, schedule and data order.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from vidcli import fsio, recipe as recipe_mod  # noqa: E402
+from vidcli.backends import registry  # noqa: E402
+from vidcli.backends.keras import data as kdata  # noqa: E402
+from vidcli.console import log, progress  # noqa: E402
+from vidcli.datasets.source import Source  # noqa: E402
+from vidcli.errors import VidcliError, fail  # noqa: E402
+from vidcli.runs import Run  # noqa: E402
+
+LAST, BEST = "last.keras", "best.keras"
+
+
+def setup(train: recipe_mod.TrainConfig) -> None:
+    """Seeds everywhere and, when asked, deterministic ops, so a CPU run repeats exactly."""
+    keras.utils.set_random_seed(train.seed)
+    if train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy("mixed_float16" if train.mixed_precision else "float32")
+
+
+def build(rec: recipe_mod.Recipe, num_classes: int, sample_shape: tuple[int, ...]) -> keras.Model:
+    fam = registry.family(rec.model.arch)
+    params = recipe_mod.from_dict(fam.Params, rec.model.params, "model.params")
+    model = fam.build(params, num_classes, tuple(sample_shape))
+    if rec.model.pretrained:
+        if not hasattr(fam, "load_pretrained"):
+            raise VidcliError(f"model.pretrained: '{rec.model.arch}' has no pretrained checkpoints")
+        fam.load_pretrained(model, rec.model.pretrained, params)
+    if rec.train.mixed_precision:  # logits and loss in float32
+        outputs = keras.layers.Activation("linear", dtype="float32", name="logits_fp32")(model.output)
+        model = keras.Model(model.input, outputs, name=model.name)
+    return model
+
+
+def _import_family(arch: str) -> None:
+    registry.family(arch)  # registers the family's layers for deserialisation
+
+
+def load_model(path: Path, arch: str) -> keras.Model:
+    _import_family(arch)
+    if not path.is_file():
+        raise VidcliError(f"{path}: checkpoint not found")
+    try:
+        return keras.saving.load_model(path, compile=True)
+    except (OSError, ValueError) as exc:
+        raise VidcliError(f"{path}: cannot load checkpoint ({str(exc).splitlines()[0]})") from exc
+
+
+def learning_rate(train: recipe_mod.TrainConfig, epoch: int) -> float:
+    base = train.learning_rate
+    if epoch < train.warmup_epochs:
+        return base * (epoch + 1) / train.warmup_epochs
+    if train.schedule == "cosine":
+        span = max(1, train.epochs - train.warmup_epochs)
+        return base * 0.5 * (1 + math.cos(math.pi * (epoch - train.warmup_epochs) / span))
+    if train.schedule == "step":
+        return base * train.step_gamma ** sum(epoch >= s for s in train.step_epochs)
+    return base
+
+
+def _compile(model: keras.Model, train: recipe_mod.TrainConfig) -> None:
+    if train.weight_decay:
+        opt = keras.optimizers.AdamW(train.learning_rate, weight_decay=train.weight_decay)
+    else:
+        opt = keras.optimizers.Adam(train.learning_rate)
+    model.compile(
+        optimizer=opt,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        jit_compile=train.xla,
+    )
+
+
+def class_weights(source: Source, mode: str) -> np.ndarray | None:
+    if mode != "balanced":
+        return None
+    counts = np.bincount(source.labels, minlength=len(source.classes)).astype(np.float64)
+    w = np.where(counts > 0, len(source.labels) / (len(source.classes) * np.maximum(counts, 1)), 0.0)
+    return w.astype(np.float32)
+
+
+def _save_atomic(model: keras.Model, path: Path) -> None:
+    with fsio.atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp)
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    with fsio.atomic_path(dst, suffix=dst.suffix) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+HISTORY_FIELDS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+
+
+def write_history(run: Run, rows: list[dict]) -> None:
+    lines = [",".join(HISTORY_FIELDS)]
+    for row in rows:
+        lines.append(",".join("" if row.get(k) is None else f"{row[k]:.6g}" if isinstance(row[k], float)
+                              else str(row[k]) for k in HISTORY_FIELDS))
+    fsio.write_text(run.file("history.csv"), "\n".join(lines) + "\n")
+
+
+def read_history(run: Run) -> list[dict]:
+    f = run.file("history.csv")
+    if not f.is_file():
+        return []
+    rows = []
+    lines = f.read_text().splitlines()
+    head = lines[0].split(",")
+    for line in lines[1:]:
+        vals = line.split(",")
+        row = {}
+        for k, v in zip(head, vals, strict=False):
+            row[k] = None if v == "" else (int(v) if k == "epoch" else float(v))
+        rows.append(row)
+    return rows
+
+
+class RunCallback(keras.callbacks.Callback):
+    """Checkpoints, history, schedule, early stopping and the bad-clip budget, all persisted in the run."""
+
+    def __init__(self, run: Run, rec: recipe_mod.Recipe, train_src: Source, steps: int, has_val: bool):
+        super().__init__()
+        self.run, self.rec, self.src, self.steps = run, rec, train_src, steps
+        state = run.state
+        self.rows = read_history(run)
+        self.monitor = rec.train.monitor if has_val else rec.train.monitor.replace("val_", "")
+        self.best = state.get("best_score")
+        self.best_epoch = state.get("best_epoch", 0)
+        self.error: VidcliError | None = None
+        self._bar = None
+
+    def _better(self, score: float) -> bool:
+        if self.best is None:
+            return True
+        return score < self.best if self.monitor.endswith("loss") else score > self.best
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.lr = learning_rate(self.rec.train, epoch)
+        self.model.optimizer.learning_rate.assign(self.lr)
+        self.t0 = time.perf_counter()
+        self._ctx = progress(self.steps, f"epoch {epoch + 1}/{self.rec.train.epochs}")
+        self._advance = self._ctx.__enter__()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._advance(1)
+        bad = len(self.src.failed)
+        if bad > self.rec.data.max_bad_fraction * len(self.src):
+            self.error = fail(
+                f"{bad} of {len(self.src)} training clips failed to decode "
+                f"(more than data.max_bad_fraction={self.rec.data.max_bad_fraction}); stopping"
+            )
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._ctx.__exit__(None, None, None)
+        if self.error:
+            return
+        logs = dict(logs or {})
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items() if k in HISTORY_FIELDS},
+               "lr": float(self.lr), "seconds": round(time.perf_counter() - self.t0, 2)}
+        self.rows = [r for r in self.rows if r["epoch"] <= epoch] + [row]
+        last = self.run.file(LAST)
+        _save_atomic(self.model, last)
+        score = logs.get(self.monitor)
+        improved = score is not None and self._better(float(score))
+        if improved:
+            self.best, self.best_epoch = float(score), epoch + 1
+            _copy_atomic(last, self.run.file(BEST))
+        write_history(self.run, self.rows)
+        self.run.update_state(status="training", epochs_done=epoch + 1, best_score=self.best,
+                              best_epoch=self.best_epoch, monitor=self.monitor)
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "seconds", "lr"))
+        log(f"epoch {epoch + 1}/{self.rec.train.epochs}  {shown}  ({row['seconds']:.1f}s){'  *best*' if improved else ''}")
+        patience = self.rec.train.early_stopping
+        if patience and epoch + 1 - self.best_epoch >= patience:
+            log(f"early stopping: no improvement in {self.monitor} for {patience} epochs")
+            self.model.stop_training = True
+
+
+def fit(run: Run, rec: recipe_mod.Recipe, train_src: Source, val_src: Source | None, resume: bool) -> dict:
+    setup(rec.train)
+    state = run.state
+    first_epoch = int(state.get("epochs_done", 0)) if resume else 0
+    if resume and run.file(LAST).is_file():
+        model = load_model(run.file(LAST), rec.model.arch)
+        log(f"resuming {run.path} from epoch {first_epoch}")
+    else:
+        model = build(rec, len(train_src.classes), train_src.sample_shape)
+        _compile(model, rec.train)
+    if first_epoch >= rec.train.epochs:
+        log(f"{run.path}: all {rec.train.epochs} epochs already done")
+        run.update_state(status="finished")
+        return run.state
+    bs = rec.train.batch_size
+    steps = math.ceil(len(train_src) / bs)
+    train_ds = kdata.train_dataset(train_src, bs, rec.train.seed, first_epoch, rec.train.epochs, rec.data.workers,
+                                   class_weights(train_src, rec.train.class_weights))
+    val_errors: list = []
+    val_ds = kdata.eval_dataset(val_src, bs, rec.data.workers, val_errors) if val_src is not None else None
+    cb = RunCallback(run, rec, train_src, steps, val_src is not None)
+    callbacks: list = [cb]
+    if rec.train.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(run.file("tensorboard")), profile_batch=0))
+    run.update_state(status="training", params=int(model.count_params()))
+    try:
+        model.fit(train_ds, epochs=rec.train.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
+                  validation_data=val_ds, callbacks=callbacks, verbose=0, shuffle=False)
+    except KeyboardInterrupt:
+        if not run.file(LAST).is_file():
+            _save_atomic(model, run.file(LAST))
+        run.update_state(status="interrupted")
+        done = run.state.get("epochs_done", 0)
+        raise VidcliError(
+            f"interrupted; {run.path} keeps its checkpoint after epoch {done}: resume with "
+            f"`vidcli train --resume {run.path}`", exit_code=130) from None
+    if cb.error:
+        run.update_state(status="failed")
+        raise cb.error
+    if val_errors:
+        run.update_state(status="failed")
+        raise val_errors[0]
+    if not run.file(BEST).is_file() and run.file(LAST).is_file():
+        _copy_atomic(run.file(LAST), run.file(BEST))
+    return run.update_state(status="finished", skipped_clips=len(train_src.failed))
+
+
+def predict_source(model: keras.Model, source: Source, batch_size: int, workers: int) -> np.ndarray:
+    errors: list = []
+    ds = kdata.eval_dataset(source, batch_size, workers, errors)
+    logits = model.predict(ds.map(lambda x, y: x), verbose=0)
+    if errors:
+        raise errors[0]
+    return np.asarray(logits, dtype=np.float32)
+
+
+def load_for_run(run: Run) -> keras.Model:
+    rec = run.recipe
+    path = run.file(BEST) if run.file(BEST).is_file() else run.file(LAST)
+    if not path.is_file():
+        raise VidcliError(f"{run.path}: no checkpoint (best.keras / last.keras); has it been trained?")
+    return load_model(path, rec.model.arch)
+
+
+def checkpoint_of(run: Run) -> Path:
+    return run.file(BEST) if run.file(BEST).is_file() else run.file(LAST)
+
+
+def predict_batch(model: keras.Model, batch: np.ndarray) -> np.ndarray:
+    return np.asarray(model.predict(batch.astype(np.float32), verbose=0), dtype=np.float32)
+
+
+def export_onnx(run: Run, sample: np.ndarray, opset: int) -> tuple[bytes, np.ndarray]:
+    """ONNX bytes of the run's model and the framework's own output on `sample` (a float32 batch)."""
+    import tempfile
+
+    model = load_for_run(run)
+    reference = predict_batch(model, sample)
+    with tempfile.TemporaryDirectory(prefix="vidcli-export-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        model.export(str(path), format="onnx", verbose=False, opset_version=opset)
+        return path.read_bytes(), reference

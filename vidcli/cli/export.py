@@ -1,0 +1,29 @@
+"""`vidcli export-onnx`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("export-onnx")
+    def export_onnx(
+        run: Path = typer.Argument(..., help="Run folder to export."),
+        out: Path = typer.Option(None, "--out", help="Output file (default: RUN/model.onnx)."),
+        opset: int = typer.Option(None, "--opset", help="ONNX opset (default: the recipe's export.opset)."),
+        as_json: bool = typer.Option(False, "--json", help="Print a JSON summary to stdout."),
+    ) -> None:
+        """Export the run's best model to ONNX with labels and preprocessing inside; checks parity."""
+        from vidcli.exporting import export
+        from vidcli.runs import Run
+
+        result = export(Run.open(run), out, opset)
+        if as_json:
+            typer.echo(json.dumps(result))
+        else:
+            from vidcli.console import out as stdout
+
+            stdout.print(f"{result['path']}  (max abs diff {result['max_abs_diff']:.3g})")

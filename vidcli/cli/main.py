@@ -1,0 +1,80 @@
+"""The `vidcli` command tree. Each group lives in its own module; none imports a DL framework."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import typer
+from typer.core import TyperGroup
+
+from vidcli import __version__
+from vidcli.errors import VidcliError
+
+_state = {"debug": False}
+
+
+class VidcliGroup(TyperGroup):
+    """Turns user errors into one red line and an exit code, Ctrl-C into exit 130."""
+
+    def invoke(self, ctx):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except VidcliError as exc:
+            if _state["debug"]:
+                traceback.print_exc()
+            _error_line(str(exc))
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            if _state["debug"]:
+                traceback.print_exc()
+            _error_line("interrupted")
+            sys.exit(130)
+
+
+def _error_line(message: str) -> None:
+    from vidcli.console import err
+
+    err.print(f"[bold red]error:[/bold red] {message}", markup=True, highlight=False, soft_wrap=True)
+
+
+app = typer.Typer(
+    cls=VidcliGroup,
+    name="vidcli",
+    help="Video classification from the command line: data, training, evaluation, export, prediction.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"vidcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+) -> None:
+    _state["debug"] = debug
+
+
+def _register() -> None:
+    from vidcli.cli import data, evaluate, export, predict, train
+
+    app.add_typer(data.app, name="data")
+    train.register(app)
+    evaluate.register(app)
+    export.register(app)
+    predict.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,31 @@
+"""`vidcli train`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train")
+    def train(
+        recipe: Path = typer.Argument(None, help="Recipe YAML (see recipes/).", show_default=False),
+        set_: list[str] = typer.Option([], "--set", help="Override a recipe key, e.g. --set train.epochs=3."),
+        resume: Path = typer.Option(None, "--resume", help="Continue an interrupted run folder from its last checkpoint."),
+        runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where run folders are made."),
+        as_json: bool = typer.Option(False, "--json", help="Print the run's final state as JSON to stdout."),
+    ) -> None:
+        """Train a model from a recipe into a new run folder runs/<name>/<n>."""
+        from vidcli import training
+
+        run = training.train(recipe, set_, resume, runs_dir)
+        state = run.state
+        if as_json:
+            typer.echo(json.dumps({"run": str(run.path), **state}))
+        else:
+            from vidcli.console import log
+
+            log(f"done: [bold]{run.path}[/bold]  best {state.get('monitor')} {state.get('best_score')} "
+                f"at epoch {state.get('best_epoch')}")
