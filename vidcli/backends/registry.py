@@ -33,7 +33,10 @@ def backend_name(arch: str) -> str:
 
 
 def _import(module: str, what: str) -> ModuleType:
+    from vidcli.backends import quiet_import
+
     try:
+        quiet_import("tensorflow" if ".keras" in module else "torch")
         return importlib.import_module(module)
     except ModuleNotFoundError as exc:
         top = (exc.name or "").split(".")[0]

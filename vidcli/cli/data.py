@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
 import typer
+
+from vidcli.cli import data_kinetics, data_medmnist, data_ucf101
 
 app = typer.Typer(help="Get data: built-in synthetic sets and dataset fetchers.", no_args_is_help=True)
 
@@ -15,9 +16,9 @@ app = typer.Typer(help="Get data: built-in synthetic sets and dataset fetchers."
 def synth(
     out: Path = typer.Option(Path("data/synth"), "--out", help="Dataset root to write."),
     classes: int = typer.Option(8, "--classes", min=2, max=8, help="Number of motion classes."),
-    train: int = typer.Option(24, "--train", min=1, help="Clips per class in train."),
-    val: int = typer.Option(6, "--val", min=0, help="Clips per class in val."),
-    test: int = typer.Option(8, "--test", min=0, help="Clips per class in test."),
+    train: int = typer.Option(64, "--train", min=1, help="Clips per class in train."),
+    val: int = typer.Option(8, "--val", min=0, help="Clips per class in val."),
+    test: int = typer.Option(16, "--test", min=0, help="Clips per class in test."),
     frames: int = typer.Option(16, "--frames", min=2, help="Frames per clip."),
     size: int = typer.Option(64, "--size", min=16, help="Frame height and width in pixels."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed writes the same clips."),
@@ -45,18 +46,9 @@ def synth(
     summary = {"path": str(path), "counts": counts, "seed": seed}
     if as_json:
         typer.echo(json.dumps(summary))
-    else:
-        from vidcli.console import log
-
-        log(f"synthetic data ready in [bold]{path}[/bold]")
 
 
-# Fetchers live in their own modules (`register(app)` adds their commands).
-for _name in ("data_ucf101", "data_kinetics", "data_medmnist"):
-    try:
-        _mod = importlib.import_module(f"vidcli.cli.{_name}")
-    except ModuleNotFoundError as _exc:
-        if _exc.name != f"vidcli.cli.{_name}":
-            raise
-        continue
-    _mod.register(app)
+# Fetchers live in their own modules; each adds its command here.
+data_ucf101.register(app)
+data_kinetics.register(app)
+data_medmnist.register(app)

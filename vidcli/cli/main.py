@@ -33,9 +33,12 @@ class VidcliGroup(TyperGroup):
 
 
 def _error_line(message: str) -> None:
+    from rich.markup import escape
+
     from vidcli.console import err
 
-    err.print(f"[bold red]error:[/bold red] {message}", markup=True, highlight=False, soft_wrap=True)
+    # escaped: a path like data/[x]/clip.mp4 is text, not markup
+    err.print(f"[bold red]error:[/bold red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
 
 
 app = typer.Typer(
@@ -61,6 +64,10 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
 ) -> None:
     _state["debug"] = debug
+    if debug:
+        import os
+
+        os.environ["VIDCLI_DEBUG"] = "1"
 
 
 def _register() -> None:

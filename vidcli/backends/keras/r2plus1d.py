@@ -53,7 +53,8 @@ class Conv2Plus1D(layers.Layer):
         return self.temporal.compute_output_shape(self.spatial.compute_output_shape(input_shape))
 
     def get_config(self):
-        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size, "padding": self.padding}
+        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
+                "padding": self.padding}
 
 
 @keras.saving.register_keras_serializable(package="vidcli")
@@ -64,6 +65,11 @@ class ResizeVideo(layers.Layer):
         super().__init__(**kwargs)
         self.height, self.width = height, width
         self.resize = layers.Resizing(height, width, name="resizing")
+
+    def build(self, input_shape):
+        # without it, loading a saved model warns that the sublayer has unbuilt state
+        self.resize.build((None, *input_shape[2:]))
+        super().build(input_shape)
 
     def call(self, video):
         shape = ops.shape(video)
@@ -79,7 +85,8 @@ class ResizeVideo(layers.Layer):
 
 
 def _norm(kind: str, name: str) -> layers.Layer:
-    return layers.LayerNormalization(name=name) if kind == "layer" else layers.BatchNormalization(name=name)
+    # momentum 0.9 (PyTorch's 0.1): with few steps per epoch Keras' 0.99 leaves eval statistics stale
+    return layers.LayerNormalization(name=name) if kind == "layer" else layers.BatchNormalization(momentum=0.9, name=name)
 
 
 def _residual_block(x, filters: int, kernel, name: str, norm: str = "layer"):
@@ -108,7 +115,7 @@ def build(params: R2Plus1DParams, num_classes: int, input_shape: tuple[int, int,
         )
     inputs = keras.Input((frames, height, width, channels), name="video")
     x = Conv2Plus1D(params.filters[0], params.stem_kernel, name="stem_conv")(inputs)
-    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.BatchNormalization(momentum=0.9 if params.norm == "batch" else 0.99, name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     x = ResizeVideo(height // 2, width // 2, name="resize_0")(x)
     for i, filters in enumerate(params.filters):
