@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 import vidcli.video  # noqa: F401  (quiets FFmpeg before cv2 loads)
+
+# isort: split
 import cv2
 
 from vidcli.errors import VidcliError
@@ -104,11 +106,18 @@ def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
         raise VidcliError(f"{path}: no decodable frames (corrupt or truncated video)")
 
 
-def _read_positions(path: str | Path, positions: Sequence[int], size: tuple[int, int]) -> tuple[dict[int, np.ndarray], int, bool]:
-    """Read the frames at sorted `positions` in one sequential pass.
+SEEK_GAP = 48  # frames; below this, decoding forward is cheaper than a seek
 
-    Returns (frames by position, frames seen, reached end of stream). Frames that are not wanted are
-    only grabbed, never converted, which is most of the speed on long clips.
+
+def _read_positions(
+    path: str | Path, positions: Sequence[int], size: tuple[int, int], seek: bool = True
+) -> tuple[dict[int, np.ndarray], int, bool]:
+    """Read the frames at `positions` in one forward pass.
+
+    Returns (frames by position, frames seen, reached end of stream). Unwanted frames are only
+    grabbed, never converted; a far jump seeks instead. A seek is trusted only when the container
+    confirms the position and the frame then decodes: otherwise the pass is redone without seeking,
+    which also measures the true length of a file whose header lies.
     """
     wanted = sorted(set(positions))
     got: dict[int, np.ndarray] = {}
@@ -117,6 +126,13 @@ def _read_positions(path: str | Path, positions: Sequence[int], size: tuple[int,
     ended = False
     try:
         for target in wanted:
+            seeked = False
+            if seek and target - pos > SEEK_GAP:
+                seeked = cap.set(cv2.CAP_PROP_POS_FRAMES, target) and int(cap.get(cv2.CAP_PROP_POS_FRAMES)) == target
+                if seeked:
+                    pos = target
+                else:
+                    break
             while pos < target:
                 if not cap.grab():
                     ended = True
@@ -126,13 +142,19 @@ def _read_positions(path: str | Path, positions: Sequence[int], size: tuple[int,
                 break
             ok, frame = cap.read()
             if not ok or frame is None:
+                if seeked:
+                    break
                 ended = True
                 break
             got[target] = resize_with_pad(to_rgb(frame), size)
             pos += 1
+        else:
+            return got, pos, ended
+        if ended:
+            return got, pos, ended
     finally:
         cap.release()
-    return got, pos, ended
+    return _read_positions(path, positions, size, seek=False)
 
 
 def clip_span(frames: int, frame_step: int) -> int:
