@@ -17,11 +17,13 @@ out = Console(highlight=False, soft_wrap=True)
 
 
 def log(message: str) -> None:
-    err.print(message)
+    """Plain text: paths and messages may contain brackets that Rich would read as markup."""
+    err.print(message, markup=False)
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {message}")
+    err.print("warning: ", style="yellow", end="", markup=False)
+    err.print(message, markup=False)
 
 
 class Advance(Protocol):

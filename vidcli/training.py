@@ -9,7 +9,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from vidcli import fsio, recipe as recipe_mod, runs
+from vidcli import fsio, runs
+from vidcli import recipe as recipe_mod
 from vidcli.backends import registry
 from vidcli.console import log, warn
 from vidcli.datasets.source import open_source
@@ -30,7 +31,7 @@ def ensure_data(rec: recipe_mod.Recipe) -> None:
     log(f"{root} is missing: generating the built-in data there")
     if s.volumes:
         path = synth.write_synth_volumes(root.parent, classes=s.classes, counts=counts, size=s.size, seed=s.seed)
-        if path != root:
+        if path.resolve() != root.resolve():
             raise VidcliError(f"data.root: synthetic volumes were written to {path}; set data.root to that file")
     else:
         synth.write_synth_videos(root, classes=s.classes, counts=counts, frames=s.frames, size=s.size, seed=s.seed)
@@ -59,6 +60,8 @@ def train(recipe_path: Path | None, overrides: list[str], resume: Path | None, r
         rec = recipe_mod.load(recipe_path, overrides)
         run = None
     backend_name = registry.backend_name(rec.model.arch)
+    if rec.data.synth is None:
+        ensure_data(rec)  # a missing data folder is reported before a framework loads and logs
     fam = registry.family(rec.model.arch)
     recipe_mod.from_dict(fam.Params, rec.model.params, "model.params")
     ensure_data(rec)
@@ -70,7 +73,7 @@ def train(recipe_path: Path | None, overrides: list[str], resume: Path | None, r
     fresh = run is None
     if run is None:
         run = runs.start(runs_dir, rec, train_src.classes, backend_name)
-    log(f"run folder: [bold]{run.path}[/bold]  ({len(train_src)} train / {len(val_src) if val_src else 0} val clips, "
+    log(f"run folder: {run.path}  ({len(train_src)} train / {len(val_src) if val_src else 0} val clips, "
         f"{len(train_src.classes)} classes)")
     try:
         backend.fit(run, rec, train_src, val_src, resume=not fresh)

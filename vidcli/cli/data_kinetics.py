@@ -75,7 +75,7 @@ def kinetics_frames(
     elif not merge:
         console.log(
             f"{summary['done']} extracted, {summary['skipped']} already done, {summary['failed']} failed, "
-            f"{summary['absent']} not on disk; lists in [bold]{summary['out']}[/bold]"
+            f"{summary['absent']} not on disk; lists in {summary['out']}"
         )
 
 

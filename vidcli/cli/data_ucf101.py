@@ -69,7 +69,7 @@ def fetch_ucf101_command(
 
     clips = ", ".join(f"{n} {s}" for s, n in summary["clips"].items())
     log(
-        f"UCF101: {len(summary['classes'])} class(es), {clips} clips in [bold]{summary['root']}[/bold] "
+        f"UCF101: {len(summary['classes'])} class(es), {clips} clips in {summary['root']} "
         f"({summary['fetched']} fetched, {summary['kept']} already there, {summary['moved']} moved)"
     )
 

@@ -13,7 +13,9 @@ def register(app: typer.Typer) -> None:
     def train(
         recipe: Path = typer.Argument(None, help="Recipe YAML (see recipes/).", show_default=False),
         set_: list[str] = typer.Option([], "--set", help="Override a recipe key, e.g. --set train.epochs=3."),
-        resume: Path = typer.Option(None, "--resume", help="Continue an interrupted run folder from its last checkpoint."),
+        resume: Path = typer.Option(
+            None, "--resume", help="Continue an interrupted run folder from its last checkpoint."
+        ),
         runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where run folders are made."),
         as_json: bool = typer.Option(False, "--json", help="Print the run's final state as JSON to stdout."),
     ) -> None:
@@ -27,5 +29,5 @@ def register(app: typer.Typer) -> None:
         else:
             from vidcli.console import log
 
-            log(f"done: [bold]{run.path}[/bold]  best {state.get('monitor')} {state.get('best_score')} "
+            log(f"done: {run.path}  best {state.get('monitor')} {state.get('best_score')} "
                 f"at epoch {state.get('best_epoch')}")

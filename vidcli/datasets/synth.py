@@ -136,7 +136,7 @@ def render_clip(motion: str, seed: np.random.SeedSequence | int, frames: int = 1
     noise_sigma = look_rng.uniform(5, 10)
 
     speed = size * move_rng.uniform(0.035, 0.06)
-    spin = math.radians(move_rng.uniform(15, 24))
+    spin = math.radians(move_rng.uniform(8, 14))  # < 30 degrees per sampled step at frame_step 2
     zoom = math.log(move_rng.uniform(1.8, 2.5)) / max(frames - 1, 1)
     dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}.get(motion, (0, 0))
     dr = {"grow": zoom, "shrink": -zoom}.get(motion, 0.0)

@@ -19,7 +19,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from vidcli import fsio, recipe as recipe_mod  # noqa: E402
+from vidcli import fsio  # noqa: E402
+from vidcli import recipe as recipe_mod
 from vidcli.backends import registry  # noqa: E402
 from vidcli.backends.keras import data as kdata  # noqa: E402
 from vidcli.console import log, progress  # noqa: E402
@@ -139,9 +140,11 @@ def read_history(run: Run) -> list[dict]:
 class RunCallback(keras.callbacks.Callback):
     """Checkpoints, history, schedule, early stopping and the bad-clip budget, all persisted in the run."""
 
-    def __init__(self, run: Run, rec: recipe_mod.Recipe, train_src: Source, steps: int, has_val: bool):
+    def __init__(self, run: Run, rec: recipe_mod.Recipe, train_src: Source, steps: int, has_val: bool,
+                 val_errors: list):
         super().__init__()
         self.run, self.rec, self.src, self.steps = run, rec, train_src, steps
+        self.val_errors = val_errors
         state = run.state
         self.rows = read_history(run)
         self.monitor = rec.train.monitor if has_val else rec.train.monitor.replace("val_", "")
@@ -174,6 +177,9 @@ class RunCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._ctx.__exit__(None, None, None)
+        if self.val_errors:
+            self.error = self.val_errors[0]
+            self.model.stop_training = True
         if self.error:
             return
         logs = dict(logs or {})
@@ -191,7 +197,8 @@ class RunCallback(keras.callbacks.Callback):
         self.run.update_state(status="training", epochs_done=epoch + 1, best_score=self.best,
                               best_epoch=self.best_epoch, monitor=self.monitor)
         shown = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "seconds", "lr"))
-        log(f"epoch {epoch + 1}/{self.rec.train.epochs}  {shown}  ({row['seconds']:.1f}s){'  *best*' if improved else ''}")
+        mark = "  *best*" if improved else ""
+        log(f"epoch {epoch + 1}/{self.rec.train.epochs}  {shown}  ({row['seconds']:.1f}s){mark}")
         patience = self.rec.train.early_stopping
         if patience and epoch + 1 - self.best_epoch >= patience:
             log(f"early stopping: no improvement in {self.monitor} for {patience} epochs")
@@ -200,25 +207,28 @@ class RunCallback(keras.callbacks.Callback):
 
 def fit(run: Run, rec: recipe_mod.Recipe, train_src: Source, val_src: Source | None, resume: bool) -> dict:
     setup(rec.train)
-    state = run.state
-    first_epoch = int(state.get("epochs_done", 0)) if resume else 0
+    bs = rec.train.batch_size
+    steps = math.ceil(len(train_src) / bs)
     if resume and run.file(LAST).is_file():
         model = load_model(run.file(LAST), rec.model.arch)
-        log(f"resuming {run.path} from epoch {first_epoch}")
+        # The checkpoint's own step counter says how far it got, whatever run.json managed to record.
+        first_epoch = int(model.optimizer.iterations.numpy()) // steps
+        log(f"resuming {run.path} after epoch {first_epoch}")
     else:
         model = build(rec, len(train_src.classes), train_src.sample_shape)
         _compile(model, rec.train)
+        model.optimizer.build(model.trainable_variables)
+        _save_atomic(model, run.file(LAST))  # Ctrl-C in the first epoch still leaves a resumable run
+        first_epoch = 0
     if first_epoch >= rec.train.epochs:
         log(f"{run.path}: all {rec.train.epochs} epochs already done")
         run.update_state(status="finished")
         return run.state
-    bs = rec.train.batch_size
-    steps = math.ceil(len(train_src) / bs)
     train_ds = kdata.train_dataset(train_src, bs, rec.train.seed, first_epoch, rec.train.epochs, rec.data.workers,
                                    class_weights(train_src, rec.train.class_weights))
     val_errors: list = []
     val_ds = kdata.eval_dataset(val_src, bs, rec.data.workers, val_errors) if val_src is not None else None
-    cb = RunCallback(run, rec, train_src, steps, val_src is not None)
+    cb = RunCallback(run, rec, train_src, steps, val_src is not None, val_errors)
     callbacks: list = [cb]
     if rec.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run.file("tensorboard")), profile_batch=0))
@@ -227,8 +237,6 @@ def fit(run: Run, rec: recipe_mod.Recipe, train_src: Source, val_src: Source | N
         model.fit(train_ds, epochs=rec.train.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
                   validation_data=val_ds, callbacks=callbacks, verbose=0, shuffle=False)
     except KeyboardInterrupt:
-        if not run.file(LAST).is_file():
-            _save_atomic(model, run.file(LAST))
         run.update_state(status="interrupted")
         done = run.state.get("epochs_done", 0)
         raise VidcliError(
@@ -237,9 +245,6 @@ def fit(run: Run, rec: recipe_mod.Recipe, train_src: Source, val_src: Source | N
     if cb.error:
         run.update_state(status="failed")
         raise cb.error
-    if val_errors:
-        run.update_state(status="failed")
-        raise val_errors[0]
     if not run.file(BEST).is_file() and run.file(LAST).is_file():
         _copy_atomic(run.file(LAST), run.file(BEST))
     return run.update_state(status="finished", skipped_clips=len(train_src.failed))
@@ -271,12 +276,24 @@ def predict_batch(model: keras.Model, batch: np.ndarray) -> np.ndarray:
 
 
 def export_onnx(run: Run, sample: np.ndarray, opset: int) -> tuple[bytes, np.ndarray]:
-    """ONNX bytes of the run's model and the framework's own output on `sample` (a float32 batch)."""
+    """ONNX bytes of the run's model and the framework's own output on `sample` (a float32 batch).
+
+    Traced through our own `training=False` function: Keras' `model.export(format="onnx")` traces
+    batch normalisation in training mode, which breaks parity for every model that has it.
+    """
     import tempfile
+
+    import tf2onnx
 
     model = load_for_run(run)
     reference = predict_batch(model, sample)
+    spec = tf.TensorSpec((None, *sample.shape[1:]), tf.float32, name="video")
+
+    @tf.function(input_signature=[spec])
+    def serve(video):
+        return model(video, training=False)
+
     with tempfile.TemporaryDirectory(prefix="vidcli-export-") as tmp:
         path = Path(tmp) / "model.onnx"
-        model.export(str(path), format="onnx", verbose=False, opset_version=opset)
+        tf2onnx.convert.from_function(serve, input_signature=[spec], opset=opset, output_path=str(path))
         return path.read_bytes(), reference
