@@ -24,13 +24,19 @@ def _checkpoint(run: Run) -> Path:
     raise VidcliError(f"{run.path}: no checkpoint; has it been trained?")
 
 
-def predictions(run: Run, split: str, batch_size: int | None = None, workers: int = 0) -> dict:
+def predictions(run: Run, split: str, batch_size: int | None = None, workers: int = 0, clips: int = 1,
+                crops: int = 1) -> dict:
+    """`clips` x `crops` > 1: test-time views averaged per video (data.sampling segments/dense only)."""
     rec = run.recipe
+    views = {} if (clips, crops) == (1, 1) else {"clips": clips, "crops": crops}
+    if views and rec.data.sampling == "step":
+        raise VidcliError("--clips/--crops need data.sampling: segments or dense in the run's recipe")
     labels = run.labels
     ckpt = _checkpoint(run)
     st = ckpt.stat()
     key = f"{ckpt.name}:{st.st_mtime_ns}:{st.st_size}:{Path(rec.data.root).resolve()}:{split}"
-    cache = run.file("predictions") / f"{split}.npz"
+    key += f":{clips}x{crops}" if views else ""
+    cache = run.file("predictions") / (f"{split}.npz" if not views else f"{split}_{clips}x{crops}.npz")
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
             if str(z["key"]) == key:
@@ -38,7 +44,8 @@ def predictions(run: Run, split: str, batch_size: int | None = None, workers: in
     source = open_source(rec.data, split, labels)
     backend = registry.backend(rec.model.arch)
     model = backend.load_for_run(run)
-    logits = backend.predict_source(model, source, batch_size or rec.train.batch_size, workers or rec.data.workers)
+    logits = backend.predict_source(model, source, batch_size or rec.train.batch_size, workers or rec.data.workers,
+                                    **views)
     sources = np.asarray([source.name(i) for i in range(len(source))])
     with fsio.atomic_path(cache, suffix=".npz") as tmp:
         np.savez(tmp, logits=logits, labels=source.labels, sources=sources, key=np.asarray(key))

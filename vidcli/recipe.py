@@ -44,6 +44,10 @@ class DataConfig:
     workers: int = 0
     max_bad_fraction: float = 0.05
     synth: SynthConfig | None = None
+    # "segments" / "dense": TSM's sampling (frames = segments), with resize-then-crop instead of padding.
+    sampling: Literal["step", "segments", "dense"] = "step"
+    flip: bool = False  # random horizontal flip in training: off for direction-sensitive classes
+    multiscale_crop: bool = True  # segments/dense training: crops at scales 1, .875, .75, .66
 
 
 @dataclass
@@ -63,6 +67,10 @@ class TrainConfig:
     step_gamma: float = 0.1
     warmup_epochs: int = 0
     weight_decay: float = 0.0
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = 0.9
+    clip_grad_norm: float | None = None
+    head_lr_mult: float = 1.0
     early_stopping: int | None = None
     monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"
     class_weights: Literal["none", "balanced"] = "none"
@@ -123,12 +131,14 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
+        deeper: VidcliError | None = None
         for arg in typing.get_args(tp):
             try:
                 return _convert(value, arg, key)
-            except VidcliError:
-                continue
-        raise bad
+            except VidcliError as exc:
+                if not str(exc).startswith(f"{key}:"):  # the type fit; a key inside it is wrong
+                    deeper = deeper or exc
+        raise deeper or bad
     if tp is type(None):
         if value is None:
             return None

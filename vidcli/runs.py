@@ -16,7 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from vidcli import __version__, fsio, recipe as recipe_mod
+from vidcli import __version__, fsio
+from vidcli import recipe as recipe_mod
 from vidcli.errors import VidcliError
 
 RUN_FILE = "run.json"
@@ -81,6 +82,32 @@ class Run:
 
     def file(self, name: str) -> Path:
         return self.path / name
+
+
+HISTORY_FIELDS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+
+
+def write_history(run: Run, rows: list[dict]) -> None:
+    """history.csv, one row per epoch: the same file whichever backend trained the run."""
+    def cell(v: Any) -> str:
+        return "" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v)
+
+    lines = [",".join(HISTORY_FIELDS)] + [",".join(cell(row.get(k)) for k in HISTORY_FIELDS) for row in rows]
+    fsio.write_text(run.file("history.csv"), "\n".join(lines) + "\n")
+
+
+def read_history(run: Run) -> list[dict]:
+    f = run.file("history.csv")
+    if not f.is_file():
+        return []
+    lines = f.read_text().splitlines()
+    head = lines[0].split(",") if lines else []
+    rows = []
+    for line in lines[1:]:
+        vals = line.split(",")
+        rows.append({k: None if v == "" else (int(v) if k == "epoch" else float(v))
+                     for k, v in zip(head, vals, strict=False)})
+    return rows
 
 
 def start(runs_root: str | Path, rec: recipe_mod.Recipe, labels: list[str], backend: str) -> Run:

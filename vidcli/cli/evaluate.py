@@ -11,6 +11,8 @@ RUN = typer.Argument(..., help="Run folder, e.g. runs/quickstart/1.")
 SPLIT = typer.Option("test", "--split", help="Which split to evaluate: train, val or test.")
 JSON = typer.Option(False, "--json", help="Print JSON to stdout.")
 BATCH = typer.Option(None, "--batch-size", help="Batch size (default: the recipe's).")
+CLIPS = typer.Option(1, "--clips", min=1, help="Clips per video, averaged (data.sampling segments/dense).")
+CROPS = typer.Option(1, "--crops", help="Crops per clip: 1, 3 or 10, averaged (data.sampling segments/dense).")
 
 
 def _run(path: Path):
@@ -21,11 +23,12 @@ def _run(path: Path):
 
 def register(app: typer.Typer) -> None:
     @app.command("eval")
-    def eval_(run: Path = RUN, split: str = SPLIT, as_json: bool = JSON, batch_size: int = BATCH) -> None:
+    def eval_(run: Path = RUN, split: str = SPLIT, as_json: bool = JSON, batch_size: int = BATCH,
+              clips: int = CLIPS, crops: int = CROPS) -> None:
         """Top-1, top-5, mean-class accuracy and loss on a split (also saved to metrics.json)."""
         from vidcli import evaluation
 
-        result = evaluation.evaluate(_run(run), split, batch_size=batch_size)
+        result = evaluation.evaluate(_run(run), split, batch_size=batch_size, clips=clips, crops=crops)
         if as_json:
             typer.echo(json.dumps(result))
             return

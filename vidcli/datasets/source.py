@@ -29,6 +29,9 @@ class Source:
     size: tuple[int, int] = (0, 0)
     extra: dict = field(default_factory=dict)
     failed: set = field(default_factory=set)
+    sampling: str = "step"
+    flip: bool = False
+    multiscale: bool = True
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __len__(self) -> int:
@@ -42,6 +45,8 @@ class Source:
         """Sample `i` as uint8: (T, H, W, 3) for clips, (D, H, W, 1) for volumes. Raises VidcliError."""
         rng = np.random.default_rng(seed) if training else None
         start = "random" if training else "center"
+        if self.sampling != "step" and self.kind in ("videos", "frames"):
+            return self._segments(i, 1, 1, rng)[0]
         if self.kind == "videos":
             from vidcli.video.decode import read_clip
 
@@ -52,6 +57,20 @@ class Source:
             n = int(self.extra["num_frames"][i])
             return load_frame_clip(self.items[i], n, self.frames, self.frame_step, self.size, start, rng)
         return self.items[i]
+
+    def load_views(self, i: int, clips: int = 1, crops: int = 1) -> np.ndarray:
+        """Test-time views of sample `i`, uint8 (clips * crops, T, H, W, 3), clip-major."""
+        if self.sampling == "step" or self.kind not in ("videos", "frames"):
+            if (clips, crops) == (1, 1):
+                return self.load(i)[None]
+            raise VidcliError("several clips/crops per video need data.sampling: segments or dense")
+        return self._segments(i, clips, crops, None)
+
+    def _segments(self, i: int, clips: int, crops: int, rng: np.random.Generator | None) -> np.ndarray:
+        n = int(self.extra["num_frames"][i]) if self.kind == "frames" else None
+        return segment_views(self.items[i], self.kind, self.frames, self.size, self.sampling, clips=clips,
+                             crops=crops, rng=rng, flip=self.flip, multiscale=self.multiscale, num_frames=n,
+                             lengths=self.extra.setdefault("lengths", {}))
 
     def record_failure(self, i: int) -> bool:
         """Count a sample that failed to load; True the first time it fails."""
@@ -79,7 +98,7 @@ def open_source(data, split: str, classes: list[str] | None = None) -> Source:
         clips = scan_split(root, split, classes)
         h, w = data.size
         return Source("videos", clips.paths, clips.labels, clips.classes, (data.frames, h, w, 3),
-                      data.frames, data.frame_step, (h, w))
+                      data.frames, data.frame_step, (h, w), **_sampling(data))
     if data.format == "frames":
         from vidcli.datasets.frames import read_frame_list
 
@@ -90,13 +109,165 @@ def open_source(data, split: str, classes: list[str] | None = None) -> Source:
         clips = read_frame_list(list_file, root, classes_file if classes_file.is_file() else None)
         h, w = data.size
         return Source("frames", clips.paths, clips.labels, clips.classes, (data.frames, h, w, 3),
-                      data.frames, data.frame_step, (h, w), extra={"num_frames": clips.extra["num_frames"]})
+                      data.frames, data.frame_step, (h, w), extra={"num_frames": clips.extra["num_frames"]},
+                      **_sampling(data))
     if data.format == "volumes":
         from vidcli.datasets.medmnist import load_volumes
 
         if not root.is_file():
             raise VidcliError(f"{root}: volumes file (.npz) not found")
-        vols, labels, names = load_volumes(root, split)
-        u8 = np.clip(np.rint(vols * 255.0), 0, 255).astype(np.uint8) if vols.dtype != np.uint8 else vols
-        return Source("volumes", list(u8), labels.astype(np.int64), names, tuple(u8.shape[1:]), extra={"file": root.name})
+        u8, labels, names = load_volumes(root, split, dtype="uint8")  # the pipelines scale per batch
+        return Source("volumes", list(u8), labels.astype(np.int64), names, tuple(u8.shape[1:]),
+                      extra={"file": root.name})
     raise VidcliError(f"data.format: unknown format {data.format!r}")
+
+
+def _sampling(data) -> dict:
+    return {"sampling": data.sampling, "flip": data.flip, "multiscale": data.multiscale_crop}
+
+
+# TSM's sampling: `segments` frames, one per equal segment (or `dense`: a fixed stride), resized to cover
+# the model size times CROP_RATIO (the reference's 256 for 224) and cropped, never padded.
+CROP_RATIO = 256 / 224
+SCALES = (1.0, 0.875, 0.75, 0.66)
+CROPS = (1, 3, 10)
+
+
+def segment_positions(num_frames: int, segments: int, sampling: str, clips: int = 1,
+                      rng: np.random.Generator | None = None) -> np.ndarray:
+    """0-based frame indices (clips, segments). With `rng`: one random training clip as the reference
+    draws it; without: `clips` evenly offset clips (one clip = the segment centres)."""
+    from vidcli.datasets.frames import DENSE_WINDOW, segment_indices
+
+    if rng is not None:
+        return segment_indices(num_frames, segments, "dense" if sampling == "dense" else "train", rng)[None]
+    if sampling == "dense":
+        stride, room = max(1, DENSE_WINDOW // segments), max(0, num_frames - DENSE_WINDOW)
+        starts = [room // 2] if clips == 1 else np.linspace(0, room, clips).astype(int).tolist()
+        return np.asarray([[(s + k * stride) % num_frames for k in range(segments)] for s in starts], np.int64)
+    tick = num_frames / segments
+    return np.asarray([[int(tick * (c + 0.5) / clips + tick * k) for k in range(segments)] for c in range(clips)],
+                      np.int64)
+
+
+def _video_frames(path: Path, pick, lengths: dict | None) -> np.ndarray:
+    """Frames at `pick(length)` in one pass; a header that overstates the length is corrected and re-read."""
+    from vidcli.video.decode import _read_positions, probe
+
+    info = probe(path)
+    n = (lengths or {}).get(str(path)) or info.reported_frames or 1 << 20
+    for _ in range(2):
+        idx = pick(n)
+        got, seen, ended = _read_positions(path, idx.ravel().tolist(), (info.height, info.width))
+        if not got and seen == 0:
+            raise VidcliError(f"{path}: no decodable frames (corrupt or truncated video)")
+        if all(p in got for p in idx.ravel().tolist()) or not ended or seen >= n:
+            break
+        n = seen
+    if not got:
+        raise VidcliError(f"{path}: no decodable frames (corrupt or truncated video)")
+    if lengths is not None:
+        lengths[str(path)] = n
+    have = sorted(got)
+    frames = [got[max((k for k in have if k <= p), default=have[0])] for p in idx.ravel().tolist()]
+    return np.stack(frames).reshape(idx.shape + frames[0].shape)
+
+
+def _cover(frames: np.ndarray, size: tuple[int, int], ratio: float) -> np.ndarray:
+    """Resize keeping the aspect ratio so the frames cover `size` * ratio."""
+    import cv2
+
+    th, tw = size
+    h, w = frames.shape[1:3]
+    f = max(th * ratio / h, tw * ratio / w)
+    nh, nw = max(th, round(h * f)), max(tw, round(w * f))
+    if (nh, nw) == (h, w):
+        return frames
+    interp = cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(fr, (nw, nh), interpolation=interp) for fr in frames])
+
+
+def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    if frames.shape[1:3] == tuple(size):
+        return frames
+    return np.stack([cv2.resize(fr, (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for fr in frames])
+
+
+def _grid(h: int, w: int, ch: int, cw: int, more: bool) -> list[tuple[int, int]]:
+    """Crop corners on a 4x4 grid: centre and the four corners, plus eight more in between if `more`."""
+    hs, ws = (h - ch) // 4, (w - cw) // 4
+    cells = [(0, 0), (0, 4), (4, 0), (4, 4), (2, 2)]
+    if more:
+        cells += [(2, 0), (2, 4), (4, 2), (0, 2), (1, 1), (1, 3), (3, 1), (3, 3)]
+    return [(r * hs, c * ws) for r, c in cells]
+
+
+def train_view(frames: np.ndarray, size: tuple[int, int], rng: np.random.Generator, multiscale: bool,
+               flip: bool) -> np.ndarray:
+    """The reference's training augmentation: multi-scale corner crop (scale pairs at most one step apart,
+    sizes within 3 px of the target snapped to it), resize to `size`, horizontal flip half the time."""
+    frames = _cover(frames, size, CROP_RATIO)
+    h, w = frames.shape[1:3]
+    if multiscale:
+        base = min(h, w)
+        sizes_h = [size[0] if abs(int(base * s) - size[0]) < 3 else int(base * s) for s in SCALES]
+        sizes_w = [size[1] if abs(int(base * s) - size[1]) < 3 else int(base * s) for s in SCALES]
+        pairs = [(a, b) for a in range(len(SCALES)) for b in range(len(SCALES)) if abs(a - b) <= 1]
+        a, b = pairs[int(rng.integers(len(pairs)))]
+        ch, cw = min(sizes_h[a], h), min(sizes_w[b], w)
+        corners = _grid(h, w, ch, cw, more=True)
+        y, x = corners[int(rng.integers(len(corners)))]
+    else:
+        ch, cw = size
+        y, x = (h - ch) // 2, (w - cw) // 2
+    out = _resize(frames[:, y : y + ch, x : x + cw], size)
+    if flip and rng.random() < 0.5:
+        out = out[:, :, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def crop_views(frames: np.ndarray, size: tuple[int, int], crops: int, flip: bool) -> np.ndarray:
+    """1: centre crop; 3: three crops along the long side at scale 1 (the reference's full-resolution
+    sampling); 10: corners and centre plus their mirror images, which `flip=False` leaves out (5 views)."""
+    if crops not in CROPS:
+        raise VidcliError(f"crops must be one of {', '.join(map(str, CROPS))}, got {crops}")
+    ch, cw = size
+    frames = _cover(frames, size, 1.0 if crops == 3 else CROP_RATIO)
+    h, w = frames.shape[1:3]
+    if crops == 1:
+        corners = [((h - ch) // 2, (w - cw) // 2)]
+    elif crops == 3:
+        hs, ws = (h - ch) // 4, (w - cw) // 4
+        corners = [(0, 0), (4 * hs, 4 * ws), (2 * hs, 2 * ws)]
+    else:
+        corners = _grid(h, w, ch, cw, more=False)
+    views = [frames[:, y : y + ch, x : x + cw] for y, x in corners]
+    if crops == 10 and flip:
+        views += [v[:, :, ::-1] for v in views]
+    return np.ascontiguousarray(np.stack(views))
+
+
+def segment_views(item, kind: str, segments: int, size: tuple[int, int], sampling: str, *, clips: int = 1,
+                  crops: int = 1, rng: np.random.Generator | None = None, flip: bool = False,
+                  multiscale: bool = True, num_frames: int | None = None, lengths: dict | None = None) -> np.ndarray:
+    """uint8 (V, segments, H, W, 3) from a video file or a frame folder: with `rng` one augmented
+    training view, else `clips` x `crops` test views. Used by training, evaluation and `predict` alike."""
+    if clips < 1:
+        raise VidcliError(f"clips must be >= 1, got {clips}")
+
+    def pick(n: int) -> np.ndarray:
+        return segment_positions(n, segments, sampling, clips, rng)
+
+    if kind == "frames":
+        from vidcli.datasets.frames import load_frames
+
+        idx = pick(int(num_frames or 0))
+        raw = load_frames(Path(item), idx.ravel(), None)
+        raw = raw.reshape(idx.shape + raw.shape[1:])
+    else:
+        raw = _video_frames(Path(item), pick, lengths)
+    if rng is not None:
+        return train_view(raw[0], tuple(size), rng, multiscale, flip)[None]
+    return np.concatenate([crop_views(c, tuple(size), crops, flip) for c in raw])

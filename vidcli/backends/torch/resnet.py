@@ -43,7 +43,9 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """`num_classes=None` leaves out `fc`, so `forward` returns the pooled (N, 2048) features."""
+    """`num_classes=None` leaves out `fc`, so `forward` returns the pooled (N, 2048) features.
+
+    `width` (64 in ResNet-50) and `layers` shrink it for small data on a CPU; names stay torchvision's."""
 
     def __init__(
         self,
@@ -51,15 +53,16 @@ class ResNet(nn.Module):
         num_classes: int | None = 1000,
         wrap_conv1: Wrapper | None = None,
         wrap_block: Wrapper | None = None,
+        width: int = 64,
     ):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        inplanes = 64
+        inplanes = width
         for i, blocks in enumerate(layers):
-            planes = 64 * 2**i
+            planes = width * 2**i
             stage = []
             for j in range(blocks):
                 block: nn.Module = Bottleneck(inplanes, planes, 2 if (j == 0 and i > 0) else 1, wrap_conv1)

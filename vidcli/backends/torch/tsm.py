@@ -6,13 +6,14 @@ the released checkpoints load by name; see `tsm_import`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from vidcli.backends.torch.resnet import ResNet, resnet50
+from vidcli.backends.torch.resnet import LAYERS_50, ResNet
 from vidcli.errors import VidcliError
 
 MEAN = (0.485, 0.456, 0.406)
@@ -67,6 +68,9 @@ class TSM(nn.Module):
         dropout: float = 0.8,
         consensus: str = "avg",
         partial_bn: bool = False,
+        is_shift: bool = True,
+        width: int = 64,
+        layers: tuple[int, ...] = LAYERS_50,
     ):
         super().__init__()
         if shift_place not in SHIFT_PLACES:
@@ -78,14 +82,14 @@ class TSM(nn.Module):
         self.shift_div = shift_div
         self.shift_place = shift_place
         self.consensus = consensus
+        self.is_shift = is_shift
 
         def shift(m: nn.Module) -> nn.Module:
             return TemporalShift(m, num_segments, shift_div)
 
-        if shift_place == "block":
-            self.base_model: ResNet = resnet50(None, wrap_block=shift)
-        else:
-            self.base_model = resnet50(None, wrap_conv1=shift)
+        # is_shift=False is the same network as a plain TSN: the control that shows what the shift adds.
+        wrap = {"wrap_block" if shift_place == "block" else "wrap_conv1": shift} if is_shift else {}
+        self.base_model: ResNet = ResNet(tuple(layers), None, width=width, **wrap)
         self.dropout = nn.Dropout(dropout)
         self.new_fc = nn.Linear(self.base_model.num_features, num_classes)
         self.reset_head()
@@ -157,6 +161,12 @@ class TsmParams:
     partial_bn: bool = False
     pretrained: str | None = None
     imagenet_init: str | None = None
+    is_shift: bool = True
+    width: int = 64
+    layers: list[int] = dataclasses.field(default_factory=lambda: list(LAYERS_50))
+
+
+Params = TsmParams
 
 
 def _bad(field: str, why: str, value: object) -> VidcliError:
@@ -172,6 +182,14 @@ def validate(params: TsmParams) -> None:
 
     if not is_int(p.num_segments) or p.num_segments < 1:
         raise _bad("num_segments", "must be an integer >= 1", p.num_segments)
+    if not isinstance(p.is_shift, bool):
+        raise _bad("is_shift", "must be true or false", p.is_shift)
+    if not is_int(p.width) or p.width < 1:
+        raise _bad("width", "must be an integer >= 1", p.width)
+    if not isinstance(p.layers, (list, tuple)) or not p.layers or not all(is_int(n) and n >= 1 for n in p.layers):
+        raise _bad("layers", "must be a list of block counts >= 1, e.g. [3, 4, 6, 3]", p.layers)
+    if p.is_shift and is_int(p.shift_div) and p.width // max(p.shift_div, 1) < 1:
+        raise _bad("width", f"must be >= shift_div ({p.shift_div}) so a shifted fold has a channel", p.width)
     if not is_int(p.shift_div) or not 2 <= p.shift_div <= 64:
         raise _bad("shift_div", "must be an integer in [2, 64] (64: the narrowest shifted input)", p.shift_div)
     if p.shift_place not in SHIFT_PLACES:
@@ -208,6 +226,9 @@ def build(params: TsmParams, num_classes: int) -> TSM:
         dropout=float(params.dropout),
         consensus=params.consensus,
         partial_bn=params.partial_bn,
+        is_shift=params.is_shift,
+        width=params.width,
+        layers=tuple(params.layers),
     )
     from vidcli.backends.torch import tsm_import
 

@@ -1,0 +1,89 @@
+"""DataLoader pipeline over a framework-free `Source`.
+
+Decoding, sampling and cropping happen in the `Source` (numpy/OpenCV), so training, evaluation and the
+ONNX `predict` path cut the same frames. A clip that fails to load during training comes back as zeros
+with weight 0 and its error message, so every epoch has the same steps and the trainer, not a worker,
+counts failures. The order and augmentation seeds of an epoch depend only on (seed, epoch): a resumed run
+sees exactly the data an uninterrupted one would have seen, with any number of workers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vidcli.datasets.source import Source
+from vidcli.errors import VidcliError
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def epoch_plan(n: int, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([seed, epoch])
+    return rng.permutation(n).astype(np.int64), rng.integers(0, 2**31 - 1, size=n, dtype=np.int64)
+
+
+def to_input(clips: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., T, H, W, 3) -> float32 (..., T, 3, H, W), ImageNet-normalised like `exporting.preprocessing`."""
+    x = clips.float().div_(255.0)
+    mean = torch.tensor(MEAN, dtype=x.dtype, device=x.device)
+    std = torch.tensor(STD, dtype=x.dtype, device=x.device)
+    return ((x - mean) / std).movedim(-1, -3).contiguous()
+
+
+class TrainClips(Dataset):
+    """Items (clip uint8, label, ok, index, error); `set_epoch` before each epoch's loader."""
+
+    def __init__(self, source: Source, seed: int):
+        self.source, self.seed = source, seed
+        self.order, self.seeds = epoch_plan(len(source), seed, 0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.order, self.seeds = epoch_plan(len(self.source), self.seed, epoch)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, k: int):
+        i = int(self.order[k])
+        try:
+            x, ok, err = self.source.load(i, training=True, seed=int(self.seeds[k])), True, ""
+        except VidcliError as exc:
+            x, ok, err = np.zeros(self.source.sample_shape, np.uint8), False, str(exc)
+        return torch.from_numpy(np.ascontiguousarray(x)), int(self.source.labels[i]), ok, i, err
+
+
+class EvalClips(Dataset):
+    """Items (views uint8 (V, T, H, W, 3), label, error) in file order; errors travel as text, not tracebacks."""
+
+    def __init__(self, source: Source, clips: int = 1, crops: int = 1):
+        self.source, self.clips, self.crops = source, clips, crops
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int):
+        try:
+            x, err = self.source.load_views(i, self.clips, self.crops), ""
+        except VidcliError as exc:
+            x, err = None, str(exc)
+        return x, int(self.source.labels[i]), err
+
+
+def _collate_eval(items):
+    errors = [e for _, _, e in items if e]
+    if errors:
+        return None, None, errors[0]
+    x = torch.from_numpy(np.stack([v for v, _, _ in items]))
+    return x, torch.tensor([y for _, y, _ in items]), ""
+
+
+def train_loader(ds: TrainClips, batch_size: int, workers: int) -> DataLoader:
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, drop_last=False)
+
+
+def eval_loader(source: Source, batch_size: int, workers: int, clips: int = 1, crops: int = 1) -> DataLoader:
+    return DataLoader(EvalClips(source, clips, crops), batch_size=batch_size, shuffle=False, num_workers=workers,
+                      collate_fn=_collate_eval)
