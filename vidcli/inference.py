@@ -27,6 +27,7 @@ class ModelInfo:
     channels: int
     pre: dict
     source: str
+    sampling: str = "center"  # "segments" / "dense": TSM's sampling with resize-then-crop
 
 
 def _meta_info(meta: dict[str, str], source: str) -> ModelInfo:
@@ -42,6 +43,7 @@ def _meta_info(meta: dict[str, str], source: str) -> ModelInfo:
             channels=int(meta.get("channels", 3)),
             pre={**json.loads(meta["normalization"]), "layout": meta.get("layout", "NTHWC")},
             source=source,
+            sampling=meta.get("sampling", "center"),
         )
     except (KeyError, ValueError) as exc:
         raise VidcliError(f"{source}: model metadata incomplete or malformed ({exc})") from exc
@@ -64,6 +66,16 @@ class OnnxModel:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]
+
+
+def open_onnx(path: Path):
+    """An ONNX file as a clip -> logits callable; a stream model is fed each clip frame by frame."""
+    model = OnnxModel(path)
+    if "stream_states" in model.session.get_modelmeta().custom_metadata_map:
+        from vidcli.streaming import OnnxStream
+
+        return OnnxStream(path, model)
+    return model
 
 
 class FrameworkModel:
@@ -95,12 +107,12 @@ def resolve_model(model: Path | None, runs_dir: Path = Path("runs")):
         if model.suffix in (".keras", ".pt") and model.parent.joinpath("run.json").is_file():
             run = Run.open(model.parent)
         else:
-            return OnnxModel(model)
+            return open_onnx(model)
     else:
         run = Run.open(model)
     run.labels  # noqa: B018  (a run without labels is an error before anything loads)
     onnx_file = run.file("model.onnx")
-    return OnnxModel(onnx_file) if onnx_file.is_file() else FrameworkModel(run)
+    return open_onnx(onnx_file) if onnx_file.is_file() else FrameworkModel(run)
 
 
 def expand_sources(items: list[str]) -> list[Path]:
@@ -125,36 +137,48 @@ def expand_sources(items: list[str]) -> list[Path]:
     return out
 
 
-def load_input(path: Path, info: ModelInfo, clips: int) -> np.ndarray:
-    """uint8 (clips, T, H, W, C) for a video, or (1, D, H, W, 1) for a `.npy` volume."""
+def load_input(path: Path, info: ModelInfo, clips: int, index: int | None = None, split: str = "test") -> np.ndarray:
+    """uint8 (clips, T, H, W, C) for a video, or (1, D, H, W, 1) for a `.npy` volume or entry `index` of an npz."""
+    if (path.suffix == ".npz") != (index is not None):
+        raise VidcliError(f"{path}: --index picks a volume from an .npz file; give both (e.g. x.npz --index 5)")
+    if path.suffix == ".npz":
+        from vidcli.datasets.volumes import volume_from_npz
+
+        return volume_from_npz(path, split, index, info)[None]
     if path.suffix == ".npy":
         from vidcli.datasets.volumes import volume_for_model
 
         return volume_for_model(path, info)[None]
+    if info.sampling in ("segments", "dense"):
+        from vidcli.datasets.source import segment_views
+
+        return segment_views(path, "videos", info.frames, info.size, info.sampling, clips=clips)
     from vidcli.video.decode import read_clips
 
     return read_clips(path, info.frames, info.frame_step, info.size, clips=clips, start="center")
 
 
-def predict(model, sources: list[Path], top_k: int = 5, clips: int = 1) -> Iterator[dict]:
+def predict(model, sources: list[Path], top_k: int = 5, clips: int = 1, index: int | None = None,
+            split: str = "test") -> Iterator[dict]:
     """One result per source: top-k labels with probabilities (average over `clips` clips)."""
     from vidcli.exporting import to_model_input
 
     info = model.info
     k = max(1, min(top_k, len(info.labels)))
     for src in sources:
+        name = str(src) if index is None else f"{src}[{split}:{index}]"
         try:
-            x = to_model_input(load_input(src, info, clips), info.pre)
+            x = to_model_input(load_input(src, info, clips, index, split), info.pre)
             logits = model(x)
         except VidcliError as exc:
-            yield {"source": str(src), "error": str(exc), "model": info.source}
+            yield {"source": name, "error": str(exc), "model": info.source}
             continue
         z = logits - logits.max(axis=1, keepdims=True)
         probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
         mean = probs.mean(axis=0)
         order = np.argsort(-mean)[:k]
         yield {
-            "source": str(src),
+            "source": name,
             "top_k": [{"label": info.labels[i], "probability": round(float(mean[i]), 6)} for i in order],
             "clips": int(x.shape[0]),
             "model": info.source,
