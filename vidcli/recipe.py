@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -79,6 +80,19 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = True
     tensorboard: bool = True
+
+
+def learning_rate_at(train: TrainConfig, epoch: int) -> float:
+    """The recipe's learning rate for a 0-based epoch: linear warm-up, then constant, cosine or step."""
+    base = train.learning_rate
+    if epoch < train.warmup_epochs:
+        return base * (epoch + 1) / train.warmup_epochs
+    if train.schedule == "cosine":
+        span = max(1, train.epochs - train.warmup_epochs)
+        return base * 0.5 * (1 + math.cos(math.pi * (epoch - train.warmup_epochs) / span))
+    if train.schedule == "step":
+        return base * train.step_gamma ** sum(epoch >= s for s in train.step_epochs)
+    return base
 
 
 @dataclass

@@ -26,7 +26,7 @@ from vidcli.backends.keras import data as kdata  # noqa: E402
 from vidcli.console import log, progress  # noqa: E402
 from vidcli.datasets.source import Source  # noqa: E402
 from vidcli.errors import VidcliError, fail  # noqa: E402
-from vidcli.runs import Run  # noqa: E402
+from vidcli.runs import HISTORY_FIELDS, Run, read_history, write_history  # noqa: E402
 
 LAST, BEST = "last.keras", "best.keras"
 
@@ -67,18 +67,6 @@ def load_model(path: Path, arch: str) -> keras.Model:
         raise VidcliError(f"{path}: cannot load checkpoint ({str(exc).splitlines()[0]})") from exc
 
 
-def learning_rate(train: recipe_mod.TrainConfig, epoch: int) -> float:
-    base = train.learning_rate
-    if epoch < train.warmup_epochs:
-        return base * (epoch + 1) / train.warmup_epochs
-    if train.schedule == "cosine":
-        span = max(1, train.epochs - train.warmup_epochs)
-        return base * 0.5 * (1 + math.cos(math.pi * (epoch - train.warmup_epochs) / span))
-    if train.schedule == "step":
-        return base * train.step_gamma ** sum(epoch >= s for s in train.step_epochs)
-    return base
-
-
 def _compile(model: keras.Model, train: recipe_mod.TrainConfig) -> None:
     if train.weight_decay:
         opt = keras.optimizers.AdamW(train.learning_rate, weight_decay=train.weight_decay)
@@ -110,33 +98,6 @@ def _copy_atomic(src: Path, dst: Path) -> None:
         shutil.copyfile(src, tmp)
 
 
-HISTORY_FIELDS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
-
-
-def write_history(run: Run, rows: list[dict]) -> None:
-    lines = [",".join(HISTORY_FIELDS)]
-    for row in rows:
-        lines.append(",".join("" if row.get(k) is None else f"{row[k]:.6g}" if isinstance(row[k], float)
-                              else str(row[k]) for k in HISTORY_FIELDS))
-    fsio.write_text(run.file("history.csv"), "\n".join(lines) + "\n")
-
-
-def read_history(run: Run) -> list[dict]:
-    f = run.file("history.csv")
-    if not f.is_file():
-        return []
-    rows = []
-    lines = f.read_text().splitlines()
-    head = lines[0].split(",")
-    for line in lines[1:]:
-        vals = line.split(",")
-        row = {}
-        for k, v in zip(head, vals, strict=False):
-            row[k] = None if v == "" else (int(v) if k == "epoch" else float(v))
-        rows.append(row)
-    return rows
-
-
 class RunCallback(keras.callbacks.Callback):
     """Checkpoints, history, schedule, early stopping and the bad-clip budget, all persisted in the run."""
 
@@ -159,7 +120,7 @@ class RunCallback(keras.callbacks.Callback):
         return score < self.best if self.monitor.endswith("loss") else score > self.best
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.lr = learning_rate(self.rec.train, epoch)
+        self.lr = recipe_mod.learning_rate_at(self.rec.train, epoch)
         self.model.optimizer.learning_rate.assign(self.lr)
         self.t0 = time.perf_counter()
         self._ctx = progress(self.steps, f"epoch {epoch + 1}/{self.rec.train.epochs}")

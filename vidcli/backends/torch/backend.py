@@ -9,7 +9,6 @@ schedule's state is just the epoch it reached. history.csv and run.json match th
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 import shutil
 import tempfile
@@ -66,18 +65,6 @@ def build(rec: recipe_mod.Recipe, num_classes: int) -> tsm.TSM:
     return tsm.build(params_of(rec), num_classes)
 
 
-def learning_rate(train: recipe_mod.TrainConfig, epoch: int) -> float:
-    base = train.learning_rate
-    if epoch < train.warmup_epochs:
-        return base * (epoch + 1) / train.warmup_epochs
-    if train.schedule == "cosine":
-        span = max(1, train.epochs - train.warmup_epochs)
-        return base * 0.5 * (1 + math.cos(math.pi * (epoch - train.warmup_epochs) / span))
-    if train.schedule == "step":
-        return base * train.step_gamma ** sum(epoch >= s for s in train.step_epochs)
-    return base
-
-
 def optimizer(model: tsm.TSM, train: recipe_mod.TrainConfig) -> torch.optim.Optimizer:
     """No weight decay on biases and BatchNorm; the new head learns `head_lr_mult` faster (its bias twice
     that, the reference's 5x/10x when fine-tuning)."""
@@ -122,7 +109,8 @@ def save_checkpoint(path: Path, model: tsm.TSM, params: tsm.TsmParams, opt: torc
     state = {
         "format": FORMAT, "arch": "tsm", "params": dataclasses.asdict(params), "num_classes": model.num_classes,
         "model": model.state_dict(), "optimizer": opt.state_dict(),
-        "scheduler": {"schedule": train.schedule, "epoch": epoch, "lr": learning_rate(train, max(epoch - 1, 0))},
+        "scheduler": {"schedule": train.schedule, "epoch": epoch,
+                      "lr": recipe_mod.learning_rate_at(train, max(epoch - 1, 0))},
         "epoch": epoch, "rng": _rng_state(),
     }
     with fsio.atomic_path(path, suffix=".pt") as tmp:
@@ -256,7 +244,7 @@ def fit(run: Run, rec: recipe_mod.Recipe, train_src: Source, val_src: Source | N
     epoch = first_epoch
     try:
         for epoch in range(first_epoch, rec.train.epochs):
-            lr = learning_rate(rec.train, epoch)
+            lr = recipe_mod.learning_rate_at(rec.train, epoch)
             _set_lr(opt, lr)
             t0 = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch + 1, **tr.epoch(model, opt, epoch)}
