@@ -86,7 +86,9 @@ class ResizeVideo(layers.Layer):
 
 def _norm(kind: str, name: str) -> layers.Layer:
     # momentum 0.9 (PyTorch's 0.1): with few steps per epoch Keras' 0.99 leaves eval statistics stale
-    return layers.LayerNormalization(name=name) if kind == "layer" else layers.BatchNormalization(momentum=0.9, name=name)
+    if kind == "layer":
+        return layers.LayerNormalization(name=name)
+    return layers.BatchNormalization(momentum=0.9, name=name)
 
 
 def _residual_block(x, filters: int, kernel, name: str, norm: str = "layer"):
