@@ -15,7 +15,10 @@ app = typer.Typer(help="Get data: built-in synthetic sets and dataset fetchers."
 @app.command("synth")
 def synth(
     out: Path = typer.Option(Path("data/synth"), "--out", help="Dataset root to write."),
-    classes: int = typer.Option(8, "--classes", min=2, max=8, help="Number of motion classes."),
+    classes: int = typer.Option(
+        6, "--classes", min=2, max=8,
+        help="Motion classes: the first N of left, right, up, down, grow, shrink, clockwise, counterclockwise.",
+    ),
     train: int = typer.Option(64, "--train", min=1, help="Clips per class in train."),
     val: int = typer.Option(8, "--val", min=0, help="Clips per class in val."),
     test: int = typer.Option(16, "--test", min=0, help="Clips per class in test."),
