@@ -38,7 +38,8 @@ def metadata(run: Run, sample_shape: tuple[int, ...]) -> dict[str, str]:
         "frame_step": str(rec.data.frame_step),
         "size": json.dumps(list(sample_shape[1:3])),
         "channels": str(sample_shape[3]),
-        "sampling": "center",
+        "sampling": "center" if rec.data.sampling == "step" else rec.data.sampling,
+        "flip": json.dumps(rec.data.flip),
         "layout": pre["layout"],
         "normalization": json.dumps({"scale": pre["scale"], "mean": pre["mean"], "std": pre["std"]}),
         "arch": rec.model.arch,
@@ -76,6 +77,10 @@ def export(run: Run, out: Path | None = None, opset: int | None = None) -> dict:
     import onnxruntime as ort
 
     rec = run.recipe
+    from vidcli import streaming
+
+    if streaming.is_stream_recipe(rec):
+        return streaming.export_stream(run, out, opset)
     out = out or run.file("model.onnx")
     clips, what = _sample(run)
     pre = preprocessing(rec)

@@ -50,13 +50,14 @@ def _meta_info(meta: dict[str, str], source: str) -> ModelInfo:
 
 
 class OnnxModel:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, threads: int = 0):
         import onnxruntime as ort
 
         if not path.is_file():
             raise VidcliError(f"{path}: model file not found")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        opts.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable files
@@ -74,7 +75,7 @@ def open_onnx(path: Path):
     if "stream_states" in model.session.get_modelmeta().custom_metadata_map:
         from vidcli.streaming import OnnxStream
 
-        return OnnxStream(path, model)
+        return OnnxStream(path)
     return model
 
 

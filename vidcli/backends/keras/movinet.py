@@ -136,6 +136,7 @@ class MovinetParams:
     use_positional_encoding: bool | None = None
     dropout: float = 0.5
     freeze_backbone: bool = False
+    trainable_blocks: int | None = None
     pretrained: str | None = None
 
     @classmethod
@@ -190,6 +191,12 @@ class MovinetParams:
             raise bad("use_positional_encoding", "false for a base (causal: false) model", True)
         if isinstance(out.dropout, bool) or not isinstance(out.dropout, (int, float)) or not 0 <= out.dropout < 1:
             raise bad("dropout", "a number in [0, 1)", out.dropout)
+        n = out.trainable_blocks
+        if n is not None:
+            if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= len(ARCHS[out.model_id][1]):
+                raise bad("trainable_blocks", f"an integer in [0, {len(ARCHS[out.model_id][1])}]", n)
+            if not out.freeze_backbone:
+                raise bad("trainable_blocks", "unset unless freeze_backbone is true (all blocks train then)", n)
         if out.pretrained is not None and not isinstance(out.pretrained, str):
             raise bad("pretrained", "a name, URL or path", out.pretrained)
         return out
@@ -226,6 +233,7 @@ class MovinetClassifier(keras.Model):
         use_positional_encoding: bool = False,
         dropout: float = 0.5,
         freeze_backbone: bool = False,
+        trainable_blocks: int | None = None,
         num_classes: int = 600,
         clip_shape: tuple = (None, None, None, 3),
         **kwargs,
@@ -270,9 +278,13 @@ class MovinetClassifier(keras.Model):
         self.num_classes = num_classes
         self.clip_shape = tuple(clip_shape)
         self.freeze_backbone = freeze_backbone
+        self.trainable_blocks = trainable_blocks
         if freeze_backbone:
+            # The last N blocks stay trainable together with the head projection that follows them.
+            first = len(blocks) - (trainable_blocks or 0)
             for layer in self.backbone_layers():
-                layer.trainable = False
+                block = int(layer.name[5]) if layer.name.startswith("block") else -1
+                layer.trainable = bool(trainable_blocks) and (block >= first or isinstance(layer, Head))
 
     def backbone_layers(self) -> list[keras.layers.Layer]:
         return [layer for layer in self.layers if isinstance(layer, (ConvBN, MovinetBlock, Head))]
@@ -293,6 +305,7 @@ class MovinetClassifier(keras.Model):
             use_positional_encoding=self.use_positional_encoding,
             dropout=self.dropout,
             freeze_backbone=self.freeze_backbone,
+            trainable_blocks=self.trainable_blocks,
         )
 
     def call_with_states(self, inputs, states: Mapping[str, Any], training: bool = False):
@@ -318,6 +331,7 @@ class MovinetClassifier(keras.Model):
             "use_positional_encoding": self.use_positional_encoding,
             "dropout": self.dropout,
             "freeze_backbone": self.freeze_backbone,
+            "trainable_blocks": self.trainable_blocks,
             "num_classes": self.num_classes,
             "clip_shape": list(self.clip_shape),
         }
@@ -344,6 +358,7 @@ def build(params: MovinetParams, num_classes: int, input_shape: tuple[int, int, 
         use_positional_encoding=p.use_positional_encoding,
         dropout=float(p.dropout),
         freeze_backbone=p.freeze_backbone,
+        trainable_blocks=p.trainable_blocks,
         num_classes=num_classes,
         clip_shape=_check_input_shape(input_shape),
     )

@@ -194,7 +194,11 @@ def resolve_checkpoint(source: str) -> str:
 
         filename = source.rstrip("/").rsplit("/", 1)[-1] or "checkpoint.tar.gz"
         path = download(source, cache_dir() / "downloads" / filename, md5=None, description=filename)
-        return _checkpoint_prefix(_extracted(Path(path)), source)
+        try:
+            return _checkpoint_prefix(_extracted(Path(path)), source)
+        except VidcliError as exc:
+            Path(path).unlink(missing_ok=True)  # a broken download must not be reused from the cache
+            raise VidcliError(f"{exc} (removed from the cache; the next run downloads it again)") from exc
     path = Path(source).expanduser()
     if path.is_dir():
         return _checkpoint_prefix(path, source)
@@ -208,6 +212,17 @@ def resolve_checkpoint(source: str) -> str:
 
 
 # -- loading -----------------------------------------------------------------------------------------
+
+
+def _release_of(entries: dict[str, tuple]) -> tuple[str | None, str]:
+    """(model id, base/stream) a checkpoint looks like: layer count and stem conv layout identify it."""
+    from vidcli.backends.keras.movinet import ARCHS
+
+    found = [re.match(re.escape(BACKBONE) + r"layer_with_weights-(\d+)/", k) for k in entries]
+    layers = 1 + max((int(m.group(1)) for m in found if m), default=-1)
+    by_count = {sum(len(b[1]) for b in arch[1]) + 2: mid for mid, arch in ARCHS.items()}
+    split = any("/_stem/_conv/_conv/" in k for k in entries)
+    return by_count.get(layers), "stream" if split else "base"
 
 
 def _listing(names: list[str]) -> str:
@@ -245,6 +260,12 @@ def load_pretrained(model: keras.Model, source: str, params: MovinetParams) -> N
     if wrong:
         problems.append(f"shape mismatches ({len(wrong)}: {', '.join(wrong[:SHOW])})")
     if problems:
+        model_id, variant = _release_of(entries)
+        ours = (model.model_id, "stream" if model.conv_type != "3d" else "base")
+        if model_id is not None and (model_id, variant) != ours:
+            problems.insert(0, f"it looks like a movinet {model_id} {variant} checkpoint, the model is "
+                            f"{ours[0]} {ours[1]} (check model.params.model_id / causal, or use "
+                            f"movinet_{ours[0]}_{ours[1]})")
         raise VidcliError(f"{where}: checkpoint does not match the model: " + "; ".join(problems))
 
     head_ok = all(k in entries and entries[k] == tuple(v.shape) for k, v in classifier.items())
