@@ -72,8 +72,19 @@ def to_model_input(clips: np.ndarray, pre: dict) -> np.ndarray:
     return x
 
 
-def export(run: Run, out: Path | None = None, opset: int | None = None) -> dict:
+def with_metadata(raw: bytes, meta: dict[str, str]) -> bytes:
+    """The ONNX model `raw` with `meta` as its metadata_props (replacing any it had)."""
     import onnx
+
+    proto = onnx.load_from_string(raw)
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    return proto.SerializeToString()
+
+
+def export(run: Run, out: Path | None = None, opset: int | None = None) -> dict:
     import onnxruntime as ort
 
     rec = run.recipe
@@ -87,13 +98,8 @@ def export(run: Run, out: Path | None = None, opset: int | None = None) -> dict:
     x = to_model_input(clips, pre)
     backend = registry.backend(rec.model.arch)
     raw, reference = backend.export_onnx(run, x, opset or rec.export.opset)
-    proto = onnx.load_from_string(raw)
     meta = metadata(run, tuple(clips.shape[1:]))
-    del proto.metadata_props[:]
-    for k, v in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, v
-    data = proto.SerializeToString()
+    data = with_metadata(raw, meta)
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x})[0]
     diff = float(np.abs(got - reference).max())

@@ -263,7 +263,6 @@ def onnx_frames(session, specs: list[StateSpec], clip: np.ndarray) -> np.ndarray
 
 def export_stream(run, out: Path | None = None, opset: int | None = None) -> dict:
     """Export a stream run: one frame per call, states in and out; parity checked frame by frame."""
-    import onnx
     import onnxruntime as ort
 
     from vidcli import exporting
@@ -277,15 +276,10 @@ def export_stream(run, out: Path | None = None, opset: int | None = None) -> dic
     x = exporting.to_model_input(clips, exporting.preprocessing(rec))
     _, frames, height, width, _ = x.shape
     raw, specs = stream_onnx(model, height, width, opset)
-    proto = onnx.load_from_string(raw)
     meta = exporting.metadata(run, tuple(clips.shape[1:]))
     meta.update({STATES_KEY: json.dumps([asdict(s) for s in specs]), "stream": "true",
                  "stream_input": FRAME_INPUT, "stream_output": LOGITS})
-    del proto.metadata_props[:]
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    data = proto.SerializeToString()
+    data = exporting.with_metadata(raw, meta)
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     reference = keras_frames(model, x)
     got = onnx_frames(session, specs, x)
