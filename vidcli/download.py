@@ -214,7 +214,7 @@ def _read(response: requests.Response, received: int, total: int | None) -> byte
         if isinstance(exc, urllib3.exceptions.ProtocolError) and "IncompleteRead" in str(exc):
             why = "connection closed early"
         else:
-            why = _reason(exc)
+            why = error_reason(exc)
         raise _Interrupted(f"{received} of {total or '?'} bytes; {why}") from exc
 
 
@@ -241,7 +241,7 @@ def _get(session: requests.Session, url: str, offset: int, known: dict, timeout:
     except requests.Timeout as exc:
         raise fail(f"cannot download {url}: no answer within {timeout:g} s") from exc
     except requests.RequestException as exc:
-        raise fail(f"cannot download {url}: {_reason(exc)}") from exc
+        raise fail(f"cannot download {url}: {error_reason(exc)}") from exc
 
 
 def _content_range(value: str) -> tuple[int, int, int | None]:
@@ -261,7 +261,7 @@ def _open_partial(partial: Path, mode: str) -> BinaryIO:
         raise fail(f"cannot write {partial}: {exc.strerror or exc}") from exc
 
 
-def _reason(exc: BaseException) -> str:
+def error_reason(exc: BaseException) -> str:
     """The innermost useful line of a requests/urllib3 error chain ("Connection refused", ...)."""
     text = str(exc)
     for pattern in (r"\[Errno -?\d+\] ([^'\")\]]+)", r"(Connection refused|timed out|Read timed out)"):

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import requests
 
 from vidcli import __version__, console, fsio
+from vidcli.download import error_reason
 from vidcli.errors import VidcliError, fail
 
 DEFAULT_URL = "https://storage.googleapis.com/thumos14_files/UCF101_videos.zip"
@@ -188,7 +189,7 @@ class _Remote:
         try:
             response = self.session().request(method, self.url, headers=headers, stream=True, timeout=TIMEOUT)
         except requests.RequestException as exc:
-            raise _Transient(_reason(exc)) from exc
+            raise _Transient(error_reason(exc)) from exc
         code = response.status_code
         if code < 400:
             return response
@@ -213,7 +214,7 @@ class _Body:
         except StopIteration:
             raise _Transient("connection closed early") from None
         except requests.RequestException as exc:
-            raise _Transient(_reason(exc)) from exc
+            raise _Transient(error_reason(exc)) from exc
         return chunk
 
     def read(self, n: int) -> bytes:
@@ -254,15 +255,6 @@ def _retry(action: Callable[[], _T], what: str) -> _T:
                 raise fail(f"{what} failed after {RETRIES + 1} tries: {exc}") from exc
             time.sleep(RETRY_DELAY * (attempt + 1))
     raise AssertionError("unreachable")
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc)
-    for pattern in (r"\[Errno -?\d+\] ([^')\]]+)", r"(Connection refused|Read timed out|timed out)"):
-        found = re.search(pattern, text)
-        if found:
-            return found.group(1).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------- zip directory
