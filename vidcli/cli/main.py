@@ -17,6 +17,26 @@ _state = {"debug": False}
 class VidcliGroup(TyperGroup):
     """Turns user errors into one red line and an exit code, Ctrl-C into exit 130."""
 
+    def main(self, *args, standalone_mode: bool = True, **kwargs):  # type: ignore[override]
+        """Usage errors (unknown option, missing argument) as one `error:` line too, not a boxed panel."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except Exception as exc:
+            if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):  # not a Click error
+                if type(exc).__name__ == "Abort":
+                    _error_line("aborted")
+                    sys.exit(1)
+                raise
+            message = exc.format_message()
+            if message:  # empty when the help was shown instead (no arguments)
+                ctx = getattr(exc, "ctx", None)
+                hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+                _error_line(message + hint)
+            sys.exit(exc.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
     def invoke(self, ctx):  # type: ignore[override]
         try:
             return super().invoke(ctx)
