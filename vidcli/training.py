@@ -49,11 +49,11 @@ def has_split(rec: recipe_mod.Recipe, split: str) -> bool:
 def train(recipe_path: Path | None, overrides: list[str], resume: Path | None, runs_dir: Path) -> runs.Run:
     if resume is not None:
         run = runs.Run.open(resume)
+        if not run.file("last.keras").is_file() and not run.file("last.pt").is_file():
+            raise VidcliError(f"{run.path}: no last checkpoint to resume from")
         rec = recipe_mod.load(run.file(runs.RECIPE_FILE), overrides)
         if overrides:
             fsio.write_text(run.file(runs.RECIPE_FILE), recipe_mod.dump(rec))
-        if not run.file("last.keras").is_file() and not run.file("last.pt").is_file():
-            raise VidcliError(f"{run.path}: no last checkpoint to resume from")
     else:
         if recipe_path is None:
             raise VidcliError("give a recipe file, or --resume RUN")
