@@ -75,16 +75,42 @@ class TrainConfig:
     early_stopping: int | None = None
     monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"
     class_weights: Literal["none", "balanced"] = "none"
-    mixed_precision: bool = False
-    xla: bool = False
+    # float32, or mixed precision: float16 (loss scaling) or bfloat16 compute, float32 weights and logits.
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    xla: bool = False  # Keras: jit_compile the train step
+    channels_last: bool = False  # PyTorch: NHWC memory format for the 2D convolutions
     seed: int = 0
-    deterministic: bool = True
+    deterministic: bool = True  # TF op determinism / torch deterministic algorithms
     tensorboard: bool = True
+    # Keras: one device, all local GPUs (MirroredStrategy) or the cluster in TF_CONFIG
+    # (MultiWorkerMirroredStrategy). PyTorch is distributed by launching under torchrun instead.
+    distribute: Literal["none", "mirrored", "multi_worker"] = "none"
+    sync_bn: bool = False  # PyTorch DDP: SyncBatchNorm across processes
+    # learning_rate is tuned for lr_base_batch clips; batch_size / lr_base_batch scales it linearly or by sqrt.
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    lr_base_batch: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.lr_scaling != "none" and not self.lr_base_batch:
+            raise VidcliError(f"train.lr_scaling: '{self.lr_scaling}' needs train.lr_base_batch, the batch size "
+                              "train.learning_rate was tuned for")
+        if self.lr_base_batch is not None and self.lr_base_batch < 1:
+            raise VidcliError(f"train.lr_base_batch: must be at least 1, got {self.lr_base_batch}")
+        if self.batch_size < 1:
+            raise VidcliError(f"train.batch_size: must be at least 1, got {self.batch_size}")
+
+
+def scaled_learning_rate(train: TrainConfig) -> float:
+    """train.learning_rate after the lr_scaling rule for batch_size (the global batch, all replicas together)."""
+    if train.lr_scaling == "none" or not train.lr_base_batch:
+        return train.learning_rate
+    ratio = train.batch_size / train.lr_base_batch
+    return train.learning_rate * (ratio if train.lr_scaling == "linear" else math.sqrt(ratio))
 
 
 def learning_rate_at(train: TrainConfig, epoch: int) -> float:
     """The recipe's learning rate for a 0-based epoch: linear warm-up, then constant, cosine or step."""
-    base = train.learning_rate
+    base = scaled_learning_rate(train)
     if epoch < train.warmup_epochs:
         return base * (epoch + 1) / train.warmup_epochs
     if train.schedule == "cosine":

@@ -110,11 +110,15 @@ def read_history(run: Run) -> list[dict]:
     return rows
 
 
-def start(runs_root: str | Path, rec: recipe_mod.Recipe, labels: list[str], backend: str) -> Run:
+def start(runs_root: str | Path, rec: recipe_mod.Recipe, labels: list[str], backend: str,
+          role: Any = None) -> Run:
     run = Run(create(runs_root, rec.name))
     fsio.write_text(run.file(RECIPE_FILE), recipe_mod.dump(rec))
     fsio.write_json(run.file(LABELS_FILE), labels)
-    fsio.write_json(run.file("env.json"), environment(rec.train.seed, backend))
+    env = environment(rec.train.seed, backend)
+    env["distributed"] = {"launcher": getattr(role, "launcher", "none"), "world_size": getattr(role, "world", 1),
+                          "strategy": rec.train.distribute}
+    fsio.write_json(run.file("env.json"), env)
     run.update_state(status="created", epochs_done=0, created=_now(), name=rec.name, backend=backend)
     return run
 
@@ -161,6 +165,44 @@ def environment(seed: int, backend: str) -> dict[str, Any]:
         "seed": seed,
         "git_commit": _git_commit(),
         "versions": versions,
+        "gpus": gpus(),
+        "cuda": cuda_versions(),
         "argv": sys.argv,
         "created": _now(),
     }
+
+
+def gpus() -> list[dict[str, str]]:
+    """Every NVIDIA GPU nvidia-smi sees: model, driver, memory. Empty on a machine without one."""
+    fields = ["name", "driver_version", "memory.total", "compute_cap"]
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if out.returncode != 0:
+        return []
+    keys = ["name", "driver", "memory", "compute_capability"]
+    return [dict(zip(keys, (c.strip() for c in line.split(",")), strict=False))
+            for line in out.stdout.splitlines() if line.strip()]
+
+
+def cuda_versions() -> dict[str, Any]:
+    """CUDA / cuDNN versions of the frameworks this process has loaded (what they were built with and see)."""
+    found: dict[str, Any] = {}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+            found["torch"] = {"cuda": torch.version.cuda, "cudnn": cudnn, "available": torch.cuda.is_available()}
+        except Exception:  # noqa: BLE001 - a broken CUDA install must not stop a run from starting
+            pass
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        try:
+            info = tf.sysconfig.get_build_info()
+            found["tensorflow"] = {"cuda": info.get("cuda_version"), "cudnn": info.get("cudnn_version"),
+                                   "gpus": len(tf.config.list_physical_devices("GPU"))}
+        except Exception:  # noqa: BLE001
+            pass
+    return found

@@ -124,7 +124,7 @@ def stream_model(model, where: str):
     from vidcli.backends.keras.movinet import MovinetClassifier
 
     if not isinstance(model, MovinetClassifier):
-        raise VidcliError(f"{where}: streaming needs a float32 MoViNet (train.mixed_precision: false)")
+        raise VidcliError(f"{where}: streaming needs a float32 MoViNet (train.precision: float32)")
     if not model.causal:
         raise _not_stream(where)
     return model

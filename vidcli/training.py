@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from vidcli import fsio, runs
+from vidcli import distributed, fsio, runs
 from vidcli import recipe as recipe_mod
 from vidcli.backends import registry
 from vidcli.console import log, warn
@@ -46,20 +46,24 @@ def has_split(rec: recipe_mod.Recipe, split: str) -> bool:
     return True
 
 
-def train(recipe_path: Path | None, overrides: list[str], resume: Path | None, runs_dir: Path) -> runs.Run:
+def train(recipe_path: Path | None, overrides: list[str], resume: Path | None, runs_dir: Path) -> runs.Run | None:
+    """Train; return the run folder, or None in a distributed run's non-chief process (the chief writes it)."""
     if resume is not None:
         run = runs.Run.open(resume)
         if not run.file("last.keras").is_file() and not run.file("last.pt").is_file():
             raise VidcliError(f"{run.path}: no last checkpoint to resume from")
         rec = recipe_mod.load(run.file(runs.RECIPE_FILE), overrides)
-        if overrides:
-            fsio.write_text(run.file(runs.RECIPE_FILE), recipe_mod.dump(rec))
     else:
         if recipe_path is None:
             raise VidcliError("give a recipe file, or --resume RUN")
         rec = recipe_mod.load(recipe_path, overrides)
         run = None
     backend_name = registry.backend_name(rec.model.arch)
+    role = distributed.role_for(backend_name, rec.train.distribute)
+    if role.chief and run is not None and overrides:
+        fsio.write_text(run.file(runs.RECIPE_FILE), recipe_mod.dump(rec))
+    if not role.chief and rec.data.synth is not None:
+        distributed.wait_for(Path(rec.data.root), "the built-in data")
     if rec.data.synth is None:
         ensure_data(rec)  # a missing data folder is reported before a framework loads and logs
     fam = registry.family(rec.model.arch)
@@ -67,12 +71,20 @@ def train(recipe_path: Path | None, overrides: list[str], resume: Path | None, r
     ensure_data(rec)
     train_src = open_source(rec.data, "train", run.labels if run else None)
     val_src = open_source(rec.data, "val", train_src.classes) if has_split(rec, "val") else None
-    if val_src is None:
+    if val_src is None and role.chief:
         warn("no validation split: the best checkpoint is chosen by training metrics")
     backend = registry.backend(rec.model.arch)
+    if not role.chief:
+        scratch = distributed.scratch_copy(run.path if run else None)
+        try:
+            worker_run = runs.Run(scratch) if run else runs.start(scratch, rec, train_src.classes, backend_name)
+            backend.fit(worker_run, rec, train_src, val_src, resume=run is not None)
+        finally:
+            shutil.rmtree(scratch if run is None else scratch.parent, ignore_errors=True)
+        return None
     fresh = run is None
     if run is None:
-        run = runs.start(runs_dir, rec, train_src.classes, backend_name)
+        run = runs.start(runs_dir, rec, train_src.classes, backend_name, role)
     log(f"run folder: {run.path}  ({len(train_src)} train / {len(val_src) if val_src else 0} val clips, "
         f"{len(train_src.classes)} classes)")
     try:

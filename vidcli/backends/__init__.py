@@ -31,7 +31,30 @@ def _stderr_to_devnull():
         os.close(devnull)
 
 
+def split_cpu(tf) -> None:
+    """VIDCLI_CPU_DEVICES=N splits the CPU into N logical TF devices, so `train.distribute: mirrored` can
+    be tried (and is tested) on a machine without GPUs. Must run before TensorFlow makes its devices."""
+    value = os.environ.get("VIDCLI_CPU_DEVICES", "")
+    if not value:
+        return
+    try:
+        n = int(value)
+    except ValueError:
+        from vidcli.errors import VidcliError
+
+        raise VidcliError(f"VIDCLI_CPU_DEVICES={value!r}: expected a number of logical CPU devices") from None
+    cpus = tf.config.list_physical_devices("CPU")
+    if n > 1 and cpus:
+        try:
+            tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * n)
+        except RuntimeError:  # devices already made: leave them as they are
+            pass
+
+
 def quiet_import(framework: str) -> None:
+    if framework == "tensorflow" and "tensorflow" not in sys.modules and os.environ.get("VIDCLI_DEBUG"):
+        split_cpu(importlib.import_module(framework))
+        return
     if framework in sys.modules or os.environ.get("VIDCLI_DEBUG"):
         return
     try:
@@ -42,3 +65,4 @@ def quiet_import(framework: str) -> None:
         mod = importlib.import_module(framework)
         if framework == "tensorflow":
             mod.config.list_physical_devices("GPU")
+            split_cpu(mod)

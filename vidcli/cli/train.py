@@ -23,6 +23,8 @@ def register(app: typer.Typer) -> None:
         from vidcli import training
 
         run = training.train(recipe, set_, resume, runs_dir)
+        if run is None:  # a distributed run's non-chief process: the chief wrote the run folder
+            return
         state = run.state
         if as_json:
             typer.echo(json.dumps({"run": str(run.path), **state}))

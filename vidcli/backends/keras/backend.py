@@ -36,7 +36,7 @@ def setup(train: recipe_mod.TrainConfig) -> None:
     keras.utils.set_random_seed(train.seed)
     if train.deterministic:
         tf.config.experimental.enable_op_determinism()
-    keras.mixed_precision.set_global_policy("mixed_float16" if train.mixed_precision else "float32")
+    keras.mixed_precision.set_global_policy(train.precision)
 
 
 def build(rec: recipe_mod.Recipe, num_classes: int, sample_shape: tuple[int, ...]) -> keras.Model:
@@ -47,7 +47,7 @@ def build(rec: recipe_mod.Recipe, num_classes: int, sample_shape: tuple[int, ...
         if not hasattr(fam, "load_pretrained"):
             raise VidcliError(f"model.pretrained: '{rec.model.arch}' has no pretrained checkpoints")
         fam.load_pretrained(model, rec.model.pretrained, params)
-    if rec.train.mixed_precision:  # logits and loss in float32
+    if rec.train.precision != "float32":  # logits and loss in float32
         outputs = keras.layers.Activation("linear", dtype="float32", name="logits_fp32")(model.output)
         model = keras.Model(model.input, outputs, name=model.name)
     return model

@@ -162,9 +162,9 @@ class _Trainer:
     def __init__(self, run: Run, rec: recipe_mod.Recipe, train_src: Source, val_src: Source | None):
         self.run, self.rec, self.src, self.val_src = run, rec, train_src, val_src
         self.dev = device()
-        self.amp = rec.train.mixed_precision and self.dev.type == "cuda"
-        if rec.train.mixed_precision and not self.amp:
-            warn("train.mixed_precision needs CUDA; training in float32 on the CPU")
+        self.amp = rec.train.precision != "float32" and self.dev.type == "cuda"
+        if rec.train.precision != "float32" and not self.amp:
+            warn(f"train.precision {rec.train.precision} needs CUDA; training in float32 on the CPU")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.dataset = tdata.TrainClips(train_src, rec.train.seed)
         cw = class_weights(train_src, rec.train.class_weights)
