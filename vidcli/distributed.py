@@ -104,7 +104,8 @@ def scratch_copy(path: Path | None) -> Path:
     if path is None:
         return tmp
     dst = tmp / "run"
-    shutil.copytree(path, dst, ignore=shutil.ignore_patterns("tensorboard"))
+    # tensorboard logs are not needed; .partial- files are the chief writing at this moment
+    shutil.copytree(path, dst, ignore=shutil.ignore_patterns("tensorboard", "*.partial-*"))
     return dst
 
 

@@ -45,10 +45,8 @@ def split_cpu(tf) -> None:
         raise VidcliError(f"VIDCLI_CPU_DEVICES={value!r}: expected a number of logical CPU devices") from None
     cpus = tf.config.list_physical_devices("CPU")
     if n > 1 and cpus:
-        try:
+        with contextlib.suppress(RuntimeError):  # devices already made: leave them as they are
             tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * n)
-        except RuntimeError:  # devices already made: leave them as they are
-            pass
 
 
 def quiet_import(framework: str) -> None:

@@ -7,6 +7,7 @@ resumed from `last.keras` continues with the same optimizer state, schedule and 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -19,11 +20,12 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from vidcli import fsio  # noqa: E402
+from vidcli import fsio, interrupts  # noqa: E402
 from vidcli import recipe as recipe_mod
 from vidcli.backends import registry  # noqa: E402
 from vidcli.backends.keras import data as kdata  # noqa: E402
-from vidcli.console import log, progress  # noqa: E402
+from vidcli.backends.keras import distribute as kdist  # noqa: E402
+from vidcli.console import log, progress, warn  # noqa: E402
 from vidcli.datasets.source import Source  # noqa: E402
 from vidcli.errors import VidcliError, fail  # noqa: E402
 from vidcli.runs import HISTORY_FIELDS, Run, read_history, write_history  # noqa: E402
@@ -112,6 +114,7 @@ class RunCallback(keras.callbacks.Callback):
         self.best = state.get("best_score")
         self.best_epoch = state.get("best_epoch", 0)
         self.error: VidcliError | None = None
+        self.bad: int | None = None  # failed clips so far, when a distributed loop counts them cluster-wide
         self._bar = None
 
     def _better(self, score: float) -> bool:
@@ -127,8 +130,9 @@ class RunCallback(keras.callbacks.Callback):
         self._advance = self._ctx.__enter__()
 
     def on_train_batch_end(self, batch, logs=None):
+        interrupts.check()
         self._advance(1)
-        bad = len(self.src.failed)
+        bad = len(self.src.failed) if self.bad is None else self.bad
         if bad > self.rec.data.max_bad_fraction * len(self.src):
             self.error = fail(
                 f"{bad} of {len(self.src)} training clips failed to decode "
@@ -167,36 +171,51 @@ class RunCallback(keras.callbacks.Callback):
 
 
 def fit(run: Run, rec: recipe_mod.Recipe, train_src: Source, val_src: Source | None, resume: bool) -> dict:
+    strategy = kdist.strategy_for(rec.train)  # first: MultiWorkerMirroredStrategy must precede other TF work
     setup(rec.train)
     bs = rec.train.batch_size
     steps = math.ceil(len(train_src) / bs)
-    if resume and run.file(LAST).is_file():
-        model = load_model(run.file(LAST), rec.model.arch)
-        # The checkpoint's own step counter says how far it got, whatever run.json managed to record.
-        first_epoch = int(model.optimizer.iterations.numpy()) // steps
-        log(f"resuming {run.path} after epoch {first_epoch}")
-    else:
-        model = build(rec, len(train_src.classes), train_src.sample_shape)
-        _compile(model, rec.train)
-        model.optimizer.build(model.trainable_variables)
-        _save_atomic(model, run.file(LAST))  # Ctrl-C in the first epoch still leaves a resumable run
-        first_epoch = 0
+    if strategy is not None:
+        kdist.check_batch(strategy, bs)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        if resume and run.file(LAST).is_file():
+            model = load_model(run.file(LAST), rec.model.arch)
+            # The checkpoint's own step counter says how far it got, whatever run.json managed to record.
+            first_epoch = int(model.optimizer.iterations.numpy()) // steps
+            log(f"resuming {run.path} after epoch {first_epoch}")
+        else:
+            model = build(rec, len(train_src.classes), train_src.sample_shape)
+            _compile(model, rec.train)
+            model.optimizer.build(model.trainable_variables)
+            _save_atomic(model, run.file(LAST))  # Ctrl-C in the first epoch still leaves a resumable run
+            first_epoch = 0
+    if rec.train.sync_bn:
+        if strategy is None or strategy.num_replicas_in_sync == 1:
+            warn("train.sync_bn: one replica, nothing to synchronise")
+        else:
+            kdist.synchronise_batch_norm(model)
     if first_epoch >= rec.train.epochs:
         log(f"{run.path}: all {rec.train.epochs} epochs already done")
         run.update_state(status="finished")
         return run.state
-    train_ds = kdata.train_dataset(train_src, bs, rec.train.seed, first_epoch, rec.train.epochs, rec.data.workers,
-                                   class_weights(train_src, rec.train.class_weights))
+    cw = class_weights(train_src, rec.train.class_weights)
     val_errors: list = []
-    val_ds = kdata.eval_dataset(val_src, bs, rec.data.workers, val_errors) if val_src is not None else None
     cb = RunCallback(run, rec, train_src, steps, val_src is not None, val_errors)
     callbacks: list = [cb]
     if rec.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run.file("tensorboard")), profile_batch=0))
-    run.update_state(status="training", params=int(model.count_params()))
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    run.update_state(status="training", params=int(model.count_params()), replicas=replicas)
     try:
-        model.fit(train_ds, epochs=rec.train.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
-                  validation_data=val_ds, callbacks=callbacks, verbose=0, shuffle=False)
+        with interrupts.deferred():
+            if strategy is not None:
+                kdist.train_loop(model, strategy, rec, train_src, val_src, first_epoch, callbacks, cw, cb)
+            else:
+                train_ds = kdata.train_dataset(train_src, bs, rec.train.seed, first_epoch, rec.train.epochs,
+                                               rec.data.workers, cw)
+                val_ds = None if val_src is None else kdata.eval_dataset(val_src, bs, rec.data.workers, val_errors)
+                model.fit(train_ds, epochs=rec.train.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
+                          validation_data=val_ds, callbacks=callbacks, verbose=0, shuffle=False)
     except KeyboardInterrupt:
         run.update_state(status="interrupted")
         done = run.state.get("epochs_done", 0)
@@ -258,3 +277,4 @@ def export_onnx(run: Run, sample: np.ndarray, opset: int) -> tuple[bytes, np.nda
         path = Path(tmp) / "model.onnx"
         tf2onnx.convert.from_function(serve, input_signature=[spec], opset=opset, output_path=str(path))
         return path.read_bytes(), reference
+
