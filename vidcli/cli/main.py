@@ -91,13 +91,14 @@ def _root(
 
 
 def _register() -> None:
-    from vidcli.cli import data, evaluate, export, predict, train
+    from vidcli.cli import benchmark, data, evaluate, export, predict, train
 
     app.add_typer(data.app, name="data")
     train.register(app)
     evaluate.register(app)
     export.register(app)
     predict.register(app)
+    benchmark.register(app)
 
 
 _register()

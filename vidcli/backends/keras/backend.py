@@ -278,3 +278,59 @@ def export_onnx(run: Run, sample: np.ndarray, opset: int) -> tuple[bytes, np.nda
         tf2onnx.convert.from_function(serve, input_signature=[spec], opset=opset, output_path=str(path))
         return path.read_bytes(), reference
 
+
+# -- benchmark support (`vidcli benchmark`) ----------------------------------------------------------
+
+
+def save_untrained(run: Run, rec: recipe_mod.Recipe, num_classes: int, sample_shape: tuple[int, ...]) -> Path:
+    """The recipe's model with random weights (seeded by train.seed) as the run's best checkpoint, so a
+    recipe is benchmarked through the same load and export path as a trained run. The caller clears
+    model.pretrained; the global precision policy is restored afterwards."""
+    keras.utils.set_random_seed(rec.train.seed)
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(rec.train.precision)
+    try:
+        model = build(rec, num_classes, tuple(sample_shape))
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    _save_atomic(model, run.file(BEST))
+    return run.file(BEST)
+
+
+def inference_fn(model: keras.Model, input_shape: tuple[int, ...]):
+    """`training=False` forward passes as one traced graph (any batch size), returning float32 numpy.
+
+    Timed instead of `predict_batch`: `model.predict` sets up a data pipeline on every call, which for
+    small models and batches costs several times the forward pass itself.
+    """
+    spec = tf.TensorSpec((None, *input_shape), tf.float32)
+    forward = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+    return lambda batch: np.asarray(forward(tf.constant(batch, tf.float32)), dtype=np.float32)
+
+
+def device_of(model: keras.Model) -> str:
+    """Where TensorFlow runs the model: its default placement is the first GPU when there is one."""
+    return "cuda:0" if tf.config.list_logical_devices("GPU") else "cpu"
+
+
+def set_threads(n: int) -> None:
+    """n threads inside each op, one op at a time (ONNX Runtime's default mode). TensorFlow fixes its pools
+    when it first runs anything, so in a process that already has, they keep their size (with a warning)."""
+    threading = tf.config.threading
+    try:
+        threading.set_intra_op_parallelism_threads(n)
+        threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        warn(f"TensorFlow is already running in this process: its thread pools keep their size, not {n}")
+
+
+def pipeline_batches(source: Source, batch_size: int, workers: int, seed: int):
+    """Clips per batch of the training pipeline (`train_dataset`, augmentation included), epoch after
+    epoch, for as long as the caller reads."""
+    steps = math.ceil(len(source) / batch_size)
+    chunk = max(1, math.ceil(256 / steps))  # epochs per dataset, so a small set does not restart it often
+    first = 0
+    while True:
+        for x, _, _ in kdata.train_dataset(source, batch_size, seed, first, first + chunk, workers):
+            yield int(x.shape[0])
+        first += chunk

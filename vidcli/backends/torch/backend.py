@@ -573,3 +573,46 @@ def onnx_bytes(model: tsm.TSM, sample: np.ndarray, opset: int) -> bytes:
                               output_names=["logits"], dynamic_axes={"clips": {0: "batch"}, "logits": {0: "batch"}})
         return path.read_bytes()
 
+
+# -- benchmark support (`vidcli benchmark`) ----------------------------------------------------------
+
+
+def save_untrained(run: Run, rec: recipe_mod.Recipe, num_classes: int, sample_shape: tuple[int, ...]) -> Path:
+    """The recipe's TSM with random weights (seeded by train.seed) as the run's best checkpoint, so a recipe
+    is benchmarked through the same load and export path as a trained run. The caller clears the
+    pretrained settings; TSM takes any frame size, so `sample_shape` is not needed."""
+    torch.manual_seed(rec.train.seed)
+    params = params_of(rec)
+    model = tsm.build(params, num_classes)
+    save_checkpoint(run.file(BEST), model, params, optimizer(model, rec.train), rec.train, 0)
+    return run.file(BEST)
+
+
+def inference_fn(model: tsm.TSM, input_shape: tuple[int, ...]):
+    """What is timed: `predict_batch` (eval mode, no autograd, copies to and from the model's device)."""
+    model.eval()
+    return lambda batch: predict_batch(model, batch)
+
+
+def device_of(model: tsm.TSM) -> str:
+    return str(next(model.parameters()).device)
+
+
+def set_threads(n: int) -> None:
+    torch.set_num_threads(n)
+
+
+def pipeline_batches(source: Source, batch_size: int, workers: int, seed: int) -> Iterator[int]:
+    """Clips per batch of the training DataLoader (augmentation included, uint8 clips as the workers hand
+    them over), epoch after epoch, for as long as the caller reads. Clips that fail are warned about once."""
+    clips = tdata.TrainClips(source, seed)
+    epoch = 0
+    while True:
+        clips.set_epoch(epoch)
+        for batch in tdata.train_loader(clips, batch_size, workers):
+            _, labels, ok, idx, errors = batch[:5]
+            for i, ok_i, err in zip(idx.tolist(), ok.tolist(), errors, strict=True):
+                if not ok_i and source.record_failure(i):
+                    warn(f"skipping clip: {err}")
+            yield len(labels)
+        epoch += 1

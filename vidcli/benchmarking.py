@@ -1,0 +1,462 @@
+"""`vidcli benchmark`: how fast a model runs in each format it has, and how fast its data loads.
+
+Every format gets the same input: random uint8 frames of the model's clip shape, preprocessed as
+`predict` preprocesses (so the values have their real range), seed 0. Each (format, batch) is called
+once for its output, `warmup` more times untimed, then timed; `max_abs_diff` compares that output with
+the framework's logits on the same input (the framework's own rows: 0). ONNX goes through the
+backend's `export_onnx` and the metadata of `export-onnx`, into a temporary file; a run's own
+model.onnx is not used, since its checkpoint may be newer.
+
+A recipe is benchmarked as an untrained run: its model is built with random weights into a temporary
+run folder, so recipe and run share every later step. No framework is imported here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vidcli import __version__, fsio, runs
+from vidcli import recipe as recipe_mod
+from vidcli.backends import registry
+from vidcli.console import log
+from vidcli.errors import VidcliError, fail
+
+FORMATS = ("keras", "torch", "onnx")
+DEVICES = ("auto", "cpu", "cuda")
+PIPELINES = {"keras": "tf.data", "torch": "DataLoader"}
+DEFAULT_CLASSES = 10
+SEED = 0
+
+
+@dataclass
+class Target:
+    """What is benchmarked: a run folder, a recipe (untrained) or an exported .onnx file."""
+
+    source: str
+    kind: str  # run | recipe | onnx
+    clip_shape: tuple[int, ...]  # one uint8 sample: (T, H, W, C), or (D, H, W, 1) for volumes
+    pre: dict
+    classes: list[str]
+    arch: str | None = None
+    rec: recipe_mod.Recipe | None = None
+    run: runs.Run | None = None
+    onnx: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def backend(self) -> str | None:
+        return registry.backend_name(self.arch) if self.rec is not None and self.arch else None
+
+    @property
+    def formats(self) -> list[str]:
+        return ["onnx"] if self.backend is None else [self.backend, "onnx"]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample as the model takes it (NTCHW models get channels before height)."""
+        t, h, w, c = self.clip_shape
+        return (t, c, h, w) if self.pre["layout"] == "NTCHW" else self.clip_shape
+
+
+# -- arguments --------------------------------------------------------------------------------------
+
+
+def parse_batches(text: str) -> list[int]:
+    """'1,8' -> [1, 8]: positive integers, duplicates dropped, order kept."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise VidcliError(f"--batch: expected positive integers separated by commas, e.g. 1,8; got {text!r}")
+    return list(dict.fromkeys(values))
+
+
+def parse_formats(text: str | None, target: Target) -> list[str]:
+    """The formats asked for (default: every format the target has), in the order given."""
+    if text is None:
+        return target.formats
+    asked = [part.strip().lower() for part in text.split(",") if part.strip()]
+    if not asked:
+        raise VidcliError(f"--formats: expected names separated by commas, e.g. {','.join(target.formats)}")
+    for name in asked:
+        if name not in FORMATS:
+            near = difflib.get_close_matches(name, FORMATS, n=1)
+            hint = f"did you mean '{near[0]}'?" if near else f"known: {', '.join(FORMATS)}"
+            raise VidcliError(f"--formats: unknown format '{name}' ({hint})")
+        if name not in target.formats:
+            what = "an .onnx file" if target.kind == "onnx" else f"a {target.arch} model"
+            raise VidcliError(f"--formats: {target.source} is {what}: it runs as {' or '.join(target.formats)}, "
+                              f"not {name}")
+    return list(dict.fromkeys(asked))
+
+
+def parse_device(text: str | None) -> str:
+    device = (text or "auto").strip().lower()
+    if device not in DEVICES:
+        raise VidcliError(f"--device: expected one of {', '.join(DEVICES)}, got {text!r}")
+    return device
+
+
+def resolve(path: Path | None, runs_dir: Path = Path("runs"), overrides: list[str] | None = None,
+            classes: int | None = None) -> Target:
+    """A run folder (default: the newest under `runs_dir`), a recipe YAML or an .onnx file."""
+    if path is None:
+        try:
+            run = runs.newest(runs_dir)
+        except VidcliError:
+            raise VidcliError(f"no runs found under {runs_dir}/; give a run folder, recipe or .onnx file") from None
+        target = _from_run(run)
+    elif not path.exists():
+        raise VidcliError(f"{path}: not found")
+    elif path.is_dir():
+        target = _from_run(runs.Run.open(path))
+    elif path.suffix.lower() in (".yaml", ".yml"):
+        return _from_recipe(path, overrides or [], classes)
+    elif path.suffix.lower() == ".onnx":
+        target = _from_onnx(path)
+    else:
+        raise VidcliError(f"{path}: not a run folder, a recipe (.yaml) or an .onnx file")
+    what = "a run folder" if target.run else "an .onnx file"
+    for option, given in (("--set", overrides), ("--classes", classes is not None)):
+        if given:
+            raise VidcliError(f"{option} applies to a recipe; {target.source} is {what}")
+    return target
+
+
+def _stream_error(where: str) -> VidcliError:
+    return VidcliError(f"{where}: a MoViNet stream model (one frame per call); benchmark times clip models only "
+                       "(benchmarks/bench_movinet.py times stream models per frame)")
+
+
+def clip_shape(rec: recipe_mod.Recipe, source=None) -> tuple[int, ...]:
+    """One uint8 sample as the data gives it; volumes take their size from the data when it is at hand,
+    else from data.synth or the MedMNIST file name (`<name>_<size>.npz`)."""
+    d = rec.data
+    if d.format != "volumes":
+        return (d.frames, *d.size, 3)
+    if source is not None:
+        return tuple(int(v) for v in source.sample_shape)
+    if d.synth is not None and d.synth.volumes:
+        return (d.synth.size,) * 3 + (1,)
+    m = re.search(r"_(\d+)\.npz$", Path(d.root).name)
+    if m:
+        return (int(m.group(1)),) * 3 + (1,)
+    raise VidcliError(f"data.root: {d.root} not found; a volumes model takes its input size from the data")
+
+
+def _any_split(rec: recipe_mod.Recipe, classes: list[str] | None = None):
+    from vidcli.datasets.source import open_source
+
+    for split in ("train", "val", "test"):
+        try:
+            return open_source(rec.data, split, classes)
+        except VidcliError:
+            continue
+    return None
+
+
+def _from_run(run: runs.Run) -> Target:
+    from vidcli.exporting import preprocessing
+    from vidcli.streaming import is_stream_recipe
+
+    rec = run.recipe
+    labels = run.labels
+    if is_stream_recipe(rec):
+        raise _stream_error(str(run.path))
+    registry.backend_name(rec.model.arch)
+    source = _any_split(rec, labels) if rec.data.format == "volumes" else None
+    return Target(str(run.path), "run", clip_shape(rec, source), preprocessing(rec), labels, rec.model.arch, rec, run)
+
+
+def _from_recipe(path: Path, overrides: list[str], classes: int | None) -> Target:
+    from vidcli.exporting import preprocessing
+    from vidcli.streaming import is_stream_recipe
+
+    rec = recipe_mod.load(path, overrides)
+    registry.backend_name(rec.model.arch)
+    if is_stream_recipe(rec):
+        raise _stream_error(str(path))
+    if classes is not None and classes < 1:
+        raise VidcliError(f"--classes: must be at least 1, got {classes}")
+    notes = []
+    pretrained = rec.model.pretrained or rec.model.params.get("pretrained") or rec.model.params.get("imagenet_init")
+    if pretrained:
+        notes.append(f"random weights: {pretrained} is not loaded (the weights do not change the speed)")
+    rec.model.pretrained = None
+    rec.model.params = {k: v for k, v in rec.model.params.items() if k not in ("pretrained", "imagenet_init")}
+    source = _any_split(rec)
+    if classes is not None:
+        labels = [f"class_{i}" for i in range(classes)]
+    elif source is not None:
+        labels = list(source.classes)
+    else:
+        labels = [f"class_{i}" for i in range(DEFAULT_CLASSES)]
+        notes.append(f"{len(labels)} classes (no data at {rec.data.root}; --classes N to change)")
+    return Target(str(path), "recipe", clip_shape(rec, source), preprocessing(rec), labels, rec.model.arch, rec,
+                  notes=notes)
+
+
+def _from_onnx(path: Path) -> Target:
+    import onnx
+
+    from vidcli.inference import _meta_info
+    from vidcli.streaming import STATES_KEY
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises protobuf's untyped errors for files that are not models
+        raise VidcliError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from exc
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if STATES_KEY in meta:
+        raise _stream_error(str(path))
+    info = _meta_info(meta, str(path))
+    return Target(str(path), "onnx", (info.frames, *info.size, info.channels), info.pre, list(info.labels),
+                  meta.get("arch"), onnx=path)
+
+
+# -- timing -----------------------------------------------------------------------------------------
+
+
+def model_input(target: Target, batch: int) -> np.ndarray:
+    """Random uint8 clips, preprocessed into the model's float32 input; the same for every format."""
+    from vidcli.exporting import to_model_input
+
+    clips = np.random.default_rng(SEED).integers(0, 256, (batch, *target.clip_shape), dtype=np.uint8)
+    return to_model_input(clips, target.pre)
+
+
+def time_calls(fn: Callable[[], Any], warmup: int, runs_: int, seconds: float | None) -> list[float]:
+    """Seconds of each timed call after `warmup` untimed ones: `runs_` calls, or as many as fit in
+    `seconds` (at least one)."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    end = time.perf_counter() + seconds if seconds else None
+    while (len(times) < runs_) if end is None else (not times or time.perf_counter() < end):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _stats(times: list[float]) -> dict[str, Any]:
+    ms = [t * 1000 for t in times]
+    return {"runs": len(ms), "median_ms": round(statistics.median(ms), 4),
+            "p90_ms": round(float(np.percentile(ms, 90)), 4), "min_ms": round(min(ms), 4),
+            "mean_ms": round(statistics.fmean(ms), 4)}
+
+
+def _row(fmt: str, batch: int, device: str, times: list[float], diff: float | None) -> dict[str, Any]:
+    stats = _stats(times)
+    return {"format": fmt, "batch": batch, "device": device, **stats,
+            "clips_per_s": round(batch * 1000 / stats["median_ms"], 4),
+            "max_abs_diff": None if diff is None else float(diff)}
+
+
+def _hide_gpus(device: str) -> None:
+    """--device cpu: the frameworks see no GPU (only before they start, so checked again after loading)."""
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def _check_device(device: str, got: str, what: str) -> None:
+    on_gpu = got != "cpu"
+    if device == "cuda" and not on_gpu:
+        raise VidcliError(f"--device cuda: {what} found no GPU")
+    if device == "cpu" and on_gpu:
+        raise fail(f"--device cpu: {what} had already started on {got} in this process")
+
+
+def onnx_session(path: Path, threads: int, device: str):
+    """ONNX Runtime on its CUDA provider when asked for or, with `auto`, when the installed build has it."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cuda" and "CUDAExecutionProvider" not in available:
+        raise VidcliError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
+    providers = ["CPUExecutionProvider"]
+    if device != "cpu" and "CUDAExecutionProvider" in available:
+        providers.insert(0, "CUDAExecutionProvider")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), opts, providers=providers)
+    got = "cuda:0" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+    _check_device(device, got, "onnxruntime")
+    return session, got
+
+
+def _untrained_run(target: Target, folder: Path) -> runs.Run:
+    rec = target.rec
+    run = runs.start(folder, rec, target.classes, target.backend)
+    log(f"building {rec.model.arch} with random weights ({len(target.classes)} classes, "
+        f"input {'x'.join(map(str, target.input_shape))})")
+    registry.backend(rec.model.arch).save_untrained(run, rec, len(target.classes), target.clip_shape)
+    return run
+
+
+def _export(run: runs.Run, x: np.ndarray, clip: tuple[int, ...], folder: Path) -> tuple[Path, np.ndarray]:
+    """The export-onnx code path (backend export + metadata) into a temporary file; and the framework's
+    logits on `x` (clips of uint8 shape `clip`, preprocessed), the reference ONNX is compared with."""
+    from vidcli.exporting import metadata, with_metadata
+
+    rec = run.recipe
+    log(f"exporting to ONNX (opset {rec.export.opset}, temporary file)")
+    raw, reference = registry.backend(rec.model.arch).export_onnx(run, x, rec.export.opset)
+    path = fsio.write_bytes(folder / "model.onnx", with_metadata(raw, metadata(run, clip)))
+    return path, np.asarray(reference, np.float32)
+
+
+def benchmark_models(target: Target, formats: list[str], batches: list[int], *, warmup: int = 3, runs_: int = 10,
+                     seconds: float | None = None, threads: int = 0, device: str = "auto") -> dict[str, Any]:
+    """One row per (format, batch): latency, clips/s and max |logits - framework logits|."""
+    device = parse_device(device)
+    _hide_gpus(device)
+    for note in target.notes:
+        log(note)
+    x = model_input(target, max(batches))
+    rows: list[dict[str, Any]] = []
+    onnx_bytes = None
+    with tempfile.TemporaryDirectory(prefix="vidcli-benchmark-") as tmp:
+        folder = Path(tmp)
+        backend = registry.backend(target.arch) if target.rec is not None else None
+        if backend is not None and threads:
+            backend.set_threads(threads)  # before the framework runs anything (TensorFlow fixes its pools then)
+        run = _untrained_run(target, folder) if target.kind == "recipe" else target.run
+        reference = None
+        if "onnx" in formats:
+            path, reference = (target.onnx, None) if run is None else _export(run, x, target.clip_shape, folder)
+            onnx_bytes = path.stat().st_size
+        for fmt in formats:
+            if fmt == "onnx":
+                session, dev = onnx_session(path, threads, device)
+                name = session.get_inputs()[0].name
+
+                def call(b: int, s=session, n=name) -> np.ndarray:
+                    return s.run(None, {n: x[:b]})[0]
+            else:
+                model = backend.load_for_run(run)
+                dev = backend.device_of(model)
+                _check_device(device, dev, fmt)
+                forward = backend.inference_fn(model, target.input_shape)
+
+                def call(b: int, f=forward) -> np.ndarray:
+                    return f(x[:b])
+            for b in batches:
+                log(f"timing {fmt}, batch {b} on {dev}")
+                out = call(b)
+                diff = 0.0 if fmt != "onnx" else (None if reference is None else _max_diff(out, reference[:b]))
+                rows.append(_row(fmt, b, dev, time_calls(lambda b=b: call(b), warmup, runs_, seconds), diff))
+    return {
+        "mode": "model",
+        "model": {"source": target.source, "kind": target.kind, "arch": target.arch, "backend": target.backend,
+                  "classes": len(target.classes), "clip_shape": list(target.clip_shape),
+                  "input_shape": list(target.input_shape), "layout": target.pre["layout"], "onnx_bytes": onnx_bytes,
+                  "tolerance": target.rec.export.tolerance if target.rec else None},
+        "settings": {"formats": formats, "batches": batches, "warmup": warmup, "runs": None if seconds else runs_,
+                     "seconds": seconds, "threads": threads, "device": device,
+                     "input": f"uniform random uint8 frames, preprocessed (seed {SEED})"},
+        "machine": machine(),
+        "rows": rows,
+    }
+
+
+def _max_diff(out: np.ndarray, reference: np.ndarray) -> float:
+    out = np.asarray(out, np.float32)
+    if out.shape != reference.shape:
+        raise fail(f"ONNX output shape {out.shape} differs from the framework's {reference.shape}")
+    return float(np.abs(out - reference).max())
+
+
+# -- input pipeline ---------------------------------------------------------------------------------
+
+
+def time_batches(batches: Iterator[int], warmup: int, runs_: int, seconds: float | None) -> tuple[list[float], int]:
+    """Seconds each timed batch took to arrive (after `warmup` untimed ones), and the clips they held."""
+    for _ in range(warmup):
+        next(batches)
+    times: list[float] = []
+    clips = 0
+    end = time.perf_counter() + seconds if seconds else None
+    while (len(times) < runs_) if end is None else (not times or time.perf_counter() < end):
+        t0 = time.perf_counter()
+        clips += next(batches)
+        times.append(time.perf_counter() - t0)
+    return times, clips
+
+
+def benchmark_data(target: Target, batches: list[int] | None = None, *, warmup: int = 3, runs_: int = 10,
+                   seconds: float | None = None, workers: int | None = None) -> dict[str, Any]:
+    """Clips/s of the backend's training input pipeline (decoding, sampling, augmentation, batching) on
+    the train split, without the model: the rate training can at most be fed at."""
+    from vidcli.datasets.source import open_source
+
+    if target.rec is None:
+        raise VidcliError(f"--data times a run's or recipe's data; {target.source} is an .onnx file")
+    rec = target.rec
+    root = Path(rec.data.root)
+    if not root.exists():
+        raise VidcliError(f"data.root: {root} not found (fetch or generate it with `vidcli data ...`)")
+    if workers is not None and workers < 0:
+        raise VidcliError(f"--workers: must be 0 or more, got {workers}")
+    source = open_source(rec.data, "train", target.classes if target.kind == "run" else None)
+    backend_name = target.backend
+    backend = registry.backend(rec.model.arch)
+    workers = rec.data.workers if workers is None else workers
+    pipeline = PIPELINES[backend_name]
+    rows = []
+    for b in batches or [rec.train.batch_size]:
+        log(f"timing the {pipeline} training pipeline, batch {b}, workers {workers}")
+        gen = backend.pipeline_batches(source, b, workers, rec.train.seed)
+        try:
+            times, clips = time_batches(gen, warmup, runs_, seconds)
+        finally:
+            gen.close()
+        total = sum(times)
+        rows.append({"pipeline": pipeline, "batch": b, "workers": workers, "batches": len(times), "clips": clips,
+                     "seconds": round(total, 4), "clips_per_s": round(clips / total, 4) if total > 0 else None,
+                     **{k.replace("_ms", "_batch_ms"): v for k, v in _stats(times).items() if k != "runs"}})
+    return {
+        "mode": "data",
+        "data": {"source": target.source, "root": str(root), "format": rec.data.format, "split": "train",
+                 "clips": len(source), "clip_shape": list(source.sample_shape), "pipeline": pipeline,
+                 "sampling": rec.data.sampling},
+        "settings": {"batches": [r["batch"] for r in rows], "warmup": warmup,
+                     "runs": None if seconds else runs_, "seconds": seconds, "workers": workers},
+        "machine": machine(),
+        "rows": rows,
+    }
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on; the load average matters on a shared machine."""
+    from importlib import metadata
+
+    versions = {"vidcli": __version__}
+    for pkg in ("numpy", "onnxruntime", "tensorflow", "keras", "torch"):
+        if pkg in ("tensorflow", "keras", "torch") and pkg not in sys.modules:
+            continue
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        load = None
+    return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
+            "loadavg": load, "gpus": runs.gpus(), "versions": versions}

@@ -1,0 +1,110 @@
+"""`vidcli benchmark`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("benchmark")
+    def benchmark(
+        model: Path = typer.Argument(None, help="Run folder, recipe .yaml (built with random weights) or .onnx file "
+                                     "(default: the newest run).", show_default=False),
+        formats: str = typer.Option(None, "--formats", help="Comma-separated keras, torch, onnx (default: every "
+                                    "format the model has)."),
+        batch: str = typer.Option(None, "--batch", help="Batch sizes, e.g. 1,8 (default: 1; with --data: the "
+                                  "recipe's train.batch_size)."),
+        warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed calls (batches with --data) first."),
+        runs: int = typer.Option(10, "--runs", min=1, help="Timed calls per row (batches with --data)."),
+        seconds: float = typer.Option(None, "--seconds", min=0.001, help="Time each row for this many seconds "
+                                      "instead of --runs."),
+        threads: int = typer.Option(None, "--threads", min=1, help="Threads for the framework and ONNX Runtime "
+                                    "(default: their own choice)."),
+        device: str = typer.Option(None, "--device", help="auto (default): a GPU wherever a format can use one; "
+                                   "cpu; or cuda (an error if a format cannot)."),
+        classes: int = typer.Option(None, "--classes", min=1, help="A recipe's class count (default: its data's, "
+                                    "else 10)."),
+        set_: list[str] = typer.Option([], "--set", help="Override a recipe key, e.g. --set data.size=[112,112]."),
+        data: bool = typer.Option(False, "--data", help="Time the training input pipeline alone instead (clips/s "
+                                  "from disk to batches)."),
+        workers: int = typer.Option(None, "--workers", min=0, help="With --data: loader workers (default: the "
+                                    "recipe's data.workers)."),
+        runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where to look for the newest run."),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout instead of the table."),
+    ) -> None:
+        """Time inference in every format a model has (median latency, clips/s, max |diff| to the framework),
+        or with --data the input pipeline."""
+        from vidcli import benchmarking
+        from vidcli.errors import VidcliError
+
+        batches = benchmarking.parse_batches(batch) if batch is not None else None
+        device = benchmarking.parse_device(device) if device is not None else None
+        if data:
+            unused = [name for name, value in (("--formats", formats), ("--threads", threads), ("--device", device),
+                                               ("--classes", classes)) if value is not None]
+            if unused:
+                raise VidcliError(f"{', '.join(unused)}: not used with --data, which times the input pipeline alone")
+        elif workers is not None:
+            raise VidcliError("--workers: applies to --data only")
+        target = benchmarking.resolve(model, runs_dir, set_, classes)
+        if data:
+            result = benchmarking.benchmark_data(target, batches, warmup=warmup, runs_=runs, seconds=seconds,
+                                                 workers=workers)
+        else:
+            result = benchmarking.benchmark_models(
+                target, benchmarking.parse_formats(formats, target), batches or [1], warmup=warmup, runs_=runs,
+                seconds=seconds, threads=threads or 0, device=device or "auto")
+        if as_json:
+            typer.echo(json.dumps(result))
+        else:
+            _print_table(result)
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3g}" if value < 10 else f"{value:.1f}"
+
+
+def _rate(value: float) -> str:
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
+def _print_table(result: dict) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from vidcli.console import out
+
+    s = result["settings"]
+    timed = f"{s['seconds']:g} s of calls" if s["seconds"] else f"median of {s['runs']}"
+    if result["mode"] == "data":
+        d = result["data"]
+        shape = "x".join(map(str, d["clip_shape"]))
+        table = Table(title=escape(f"{d['root']} · train split ({d['clips']} clips of {shape})"),
+                      caption=f"{timed} batches after {s['warmup']} warm-up")
+        for name in ("pipeline", "batch", "workers", "batches", "median ms/batch", "clips/s"):
+            table.add_column(name, justify="left" if name == "pipeline" else "right")
+        for r in result["rows"]:
+            table.add_row(r["pipeline"], str(r["batch"]), str(r["workers"]), str(r["batches"]),
+                          _ms(r["median_batch_ms"]), _rate(r["clips_per_s"]))
+        out.print(table)
+        return
+    m = result["model"]
+    shape = "x".join(map(str, m["input_shape"]))
+    tol = m["tolerance"]
+    versus = f"max |diff| to {m['backend']} logits" if m["backend"] else "no framework to compare with"
+    table = Table(title=escape(f"{m['source']} · {m['arch'] or 'model'} · input Nx{shape} ({m['layout']})"),
+                  caption=f"{timed} calls after {s['warmup']} warm-up · {versus}"
+                          + (f" (export tolerance {tol:g})" if tol is not None and m["backend"] else ""))
+    for name in ("format", "batch", "device", "median ms", "p90 ms", "clips/s", "max |diff|"):
+        table.add_column(name, justify="left" if name in ("format", "device") else "right")
+    for r in result["rows"]:
+        diff = r["max_abs_diff"]
+        shown = "-" if diff is None else "0" if diff == 0 else f"{diff:.2g}"
+        if diff is not None and tol is not None and diff > tol:
+            shown = f"[red]{shown}[/red]"
+        table.add_row(r["format"], str(r["batch"]), r["device"], _ms(r["median_ms"]), _ms(r["p90_ms"]),
+                      _rate(r["clips_per_s"]), shown)
+    out.print(table)
