@@ -56,7 +56,7 @@ def test_version():
 
 
 @pytest.mark.parametrize("args", [["--help"], ["data", "--help"], ["train", "--help"], ["predict", "--help"],
-                                  ["export-onnx", "--help"]])
+                                  ["export-onnx", "--help"], ["benchmark", "--help"]])
 def test_help_imports_no_framework(args):
     proc, loaded = probe(*args)
     assert proc.returncode == 0, proc.stderr
@@ -67,7 +67,7 @@ def test_help_imports_no_framework(args):
 def test_help_lists_every_command():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for cmd in ("train", "eval", "confusion", "precision-recall", "export-onnx", "predict", "data"):
+    for cmd in ("train", "eval", "confusion", "precision-recall", "export-onnx", "predict", "data", "benchmark"):
         assert cmd in result.stdout
 
 
