@@ -161,3 +161,22 @@ def test_bench_cli_quick_writes_json(tmp_path, run_copy, tiny_onnx):
     assert d["importtime_help"]["frameworks_imported"] == []
     assert d["importtime_predict_onnx"]["returncode"] == 0
     assert d["model"]["run"] == str(run_copy.resolve()) and (run_copy / "model.onnx").is_file()
+
+
+@pytest.mark.slow
+def test_bench_train_quick_times_each_family_through_its_trainer(tmp_path):
+    out = tmp_path / "train.json"
+    proc = _run([str(BENCH / "bench_train.py"), "--quick", "--families", "r2plus1d,tsm",
+                 "--precisions", "float32,mixed_bfloat16", "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)
+    _check_document(doc, "train")
+    rows = {(r["family"], r["precision"]): r for r in doc["details"]["rows"]}
+    assert set(rows) == {(f, p) for f in ("r2plus1d", "tsm") for p in ("float32", "mixed_bfloat16")}
+    for r in rows.values():
+        assert "error" not in r, r
+        assert r["clips_per_s"] > 0 and r["step_ms"] > 0 and r["batch"] == 2 and r["device"] == "cpu"
+    assert rows[("r2plus1d", "mixed_bfloat16")]["effective_precision"] == "mixed_bfloat16"
+    assert rows[("tsm", "mixed_bfloat16")]["effective_precision"] == "float32"  # torch AMP needs CUDA
+    names = [m["name"] for m in doc["metrics"]]
+    assert "r2plus1d mixed_bfloat16 / float32" in names and "tsm mixed_bfloat16 / float32" not in names

@@ -382,18 +382,8 @@ class _Trainer:
                     count = count.clamp(min=1.0) / comm.world
                     bad = comm.gather(bad) if n_bad.item() else []
                 self._count_failures(bad)
-                x, y = tdata.to_input(clips.to(self.dev), self.channels_last), y.to(self.dev)
-                with torch.autocast(self.dev.type, dtype=self.amp or torch.float16, enabled=self.amp is not None):
-                    logits = model(x)
-                per = F.cross_entropy(logits.float(), y, weight=self.cw, reduction="none") * w
-                loss = per.sum() / count
-                opt.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                if rec.train.clip_grad_norm:
-                    self.scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), rec.train.clip_grad_norm)
-                self.scaler.step(opt)
-                self.scaler.update()
+                y = y.to(self.dev)
+                logits, per = self.step(model, opt, clips, y, w, count)
                 n = float(w.sum())
                 loss_sum += float(per.detach().sum())
                 correct += float(((logits.argmax(1) == y).float() * w).sum())
@@ -401,6 +391,25 @@ class _Trainer:
                 advance(1)
         loss_sum, correct, total = comm.sum_floats([loss_sum, correct, total])
         return {"loss": loss_sum / max(total, 1.0), "accuracy": correct / max(total, 1.0)}
+
+    def step(self, model: nn.Module, opt: torch.optim.Optimizer, clips: torch.Tensor, y: torch.Tensor,
+             w: torch.Tensor, count: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimisation step on uint8 clips (on any device): autocast, loss scaling, clipping.
+        Returns the logits and the weighted per-clip losses; `count` is the loss denominator."""
+        rec = self.rec
+        x = tdata.to_input(clips.to(self.dev), self.channels_last)
+        with torch.autocast(self.dev.type, dtype=self.amp or torch.float16, enabled=self.amp is not None):
+            logits = model(x)
+        per = F.cross_entropy(logits.float(), y, weight=self.cw, reduction="none") * w
+        loss = per.sum() / count
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if rec.train.clip_grad_norm:
+            self.scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), rec.train.clip_grad_norm)
+        self.scaler.step(opt)
+        self.scaler.update()
+        return logits, per
 
     def validate(self, model: tsm.TSM) -> dict:
         """Each rank scores every world-th validation clip with the bare model (rank 0's, the checkpoint's,
