@@ -221,3 +221,21 @@ def test_run_files_are_written_atomically(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert run.file(runs.RUN_FILE).read_text() == before
     assert _partials(tmp_path) == []
+
+
+def test_gpus_are_read_from_nvidia_smi(tmp_path, monkeypatch):
+    from vidcli import runs
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 550.54.15, 81559 MiB, 9.0'\n"
+                    "echo 'NVIDIA H100 80GB HBM3, 550.54.15, 81559 MiB, 9.0'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    gpus = runs.gpus()
+    assert len(gpus) == 2
+    assert gpus[0] == {"name": "NVIDIA H100 80GB HBM3", "driver": "550.54.15", "memory": "81559 MiB",
+                       "compute_capability": "9.0"}
+    fake.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")
+    assert runs.gpus() == []
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert runs.gpus() == []
