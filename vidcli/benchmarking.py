@@ -98,7 +98,7 @@ def parse_formats(text: str | None, target: Target) -> list[str]:
             hint = f"did you mean '{near[0]}'?" if near else f"known: {', '.join(FORMATS)}"
             raise VidcliError(f"--formats: unknown format '{name}' ({hint})")
         if name not in target.formats:
-            what = "an .onnx file" if target.kind == "onnx" else f"a {target.arch} model"
+            what = "an .onnx file" if target.kind == "onnx" else f"a model of arch '{target.arch}'"
             raise VidcliError(f"--formats: {target.source} is {what}: it runs as {' or '.join(target.formats)}, "
                               f"not {name}")
     return list(dict.fromkeys(asked))
