@@ -19,7 +19,11 @@ def register(app: typer.Typer) -> None:
         runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where run folders are made."),
         as_json: bool = typer.Option(False, "--json", help="Print the run's final state as JSON to stdout."),
     ) -> None:
-        """Train a model from a recipe into a new run folder runs/<name>/<n>."""
+        """Train a model from a recipe into a new run folder runs/<name>/<n>.
+
+        Several GPUs or machines: train.distribute for Keras models (mirrored; multi_worker with TF_CONFIG), \
+torchrun --nproc-per-node N -m vidcli train RECIPE for PyTorch models.
+        """
         from vidcli import training
 
         run = training.train(recipe, set_, resume, runs_dir)
