@@ -20,6 +20,18 @@ TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
 TINY_COUNTS = {"train": 6, "val": 2, "test": 2}
 
 
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """On a shared, busy CPU two OpenMP threads spin against each other: one is many times faster.
+    Torch test modules use it with `pytestmark = pytest.mark.usefixtures("torch_one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def testdata() -> Path:
     assert (TESTDATA / "videos").is_dir(), f"test data missing: {TESTDATA}"

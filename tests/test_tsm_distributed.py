@@ -32,12 +32,7 @@ TINY = {"num_segments": 4, "width": 8, "layers": [1, 1, 1, 1], "shift_div": 4, "
 EPOCHS = 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _recipe(root: Path, epochs: int = EPOCHS) -> dict:

@@ -34,13 +34,7 @@ FIXTURE_CKPT = (Path(__file__).resolve().parents[2] / "shared" / "testdata" / "f
                 / "TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e50.pth")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """On a shared, busy CPU two OpenMP threads spin against each other: one is many times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def tsm_recipe(root: Path, epochs: int = 2, fmt: str = "videos", **train) -> dict:
