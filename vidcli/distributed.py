@@ -31,13 +31,6 @@ class Role:
     def chief(self) -> bool:
         return self.rank == 0
 
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-    def describe(self) -> str:
-        return f"{self.launcher} rank {self.rank} of {self.world}"
-
 
 def _int_env(name: str) -> int | None:
     value = os.environ.get(name)
