@@ -125,7 +125,7 @@ def keras_only_copy(run: Path, dest: Path) -> Path:
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, default=None, help="A trained run folder to time (default: train quickstart).")
-    p.add_argument("--video", type=Path, default=common.TESTDATA / "videos" / "Megamind.avi")
+    p.add_argument("--video", type=Path, default=common.VIDEOS / "Megamind.avi")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="Recipe override for the model trained here (repeatable), e.g. model.params.norm=layer.")
     args = p.parse_args()

@@ -32,7 +32,7 @@ def _source(tmp: Path, names: tuple[str, ...]) -> tuple[Path, list[Path]]:
     """<tmp>/src/<class>/<video>: the folder layout `kinetics-frames` reads without a CSV."""
     videos = []
     for k, name in enumerate(names):
-        video = common.TESTDATA / "videos" / name
+        video = common.VIDEOS / name
         if not video.is_file():
             raise SystemExit(f"test video missing: {video}")
         dst = tmp / "src" / f"class{k}" / name

@@ -155,7 +155,7 @@ def compare(label: str, root: Path, frames: int, frame_step: int, size: tuple[in
 
 def real_videos(dest: Path, copies: int, names: list[str]) -> Path:
     """ROOT/train/<video stem>/<copy>.<ext>: each test video is one class."""
-    videos = common.TESTDATA / "videos"
+    videos = common.VIDEOS
     if not videos.is_dir():
         raise SystemExit(f"test videos not found at {videos}")
     for name in names:

@@ -22,7 +22,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-TESTDATA = REPO.parent / "shared" / "testdata"
+VIDEOS = REPO / "tests" / "data" / "videos"  # the real test clips kept in the repository
 
 
 def parser(description: str) -> argparse.ArgumentParser:

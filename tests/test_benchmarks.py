@@ -10,10 +10,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import VIDEOS
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
-TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
 sys.path.insert(0, str(BENCH))
 
 import bench_cli  # noqa: E402
@@ -125,7 +125,7 @@ def test_run_all_only_rejects_unknown_names(tmp_path):
 
 @pytest.mark.slow
 def test_bench_pipeline_quick_writes_json(tmp_path):
-    assert (TESTDATA / "videos" / "Megamind.avi").is_file(), f"test data missing at {TESTDATA}"
+    assert (VIDEOS / "Megamind.avi").is_file(), f"test videos missing at {VIDEOS}"
     out = tmp_path / "pipeline.json"
     proc = _run([str(BENCH / "bench_pipeline.py"), "--quick", "--out", str(out)])
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -143,7 +143,7 @@ def test_bench_pipeline_quick_writes_json(tmp_path):
 @pytest.mark.slow
 def test_bench_cli_quick_writes_json(tmp_path, run_copy, tiny_onnx):
     """On the suite's shared tiny run (training it here again would double the cost)."""
-    assert (TESTDATA / "videos" / "Megamind.avi").is_file(), f"test data missing at {TESTDATA}"
+    assert (VIDEOS / "Megamind.avi").is_file(), f"test videos missing at {VIDEOS}"
     shutil.copyfile(tiny_onnx, run_copy / "model.onnx")
     out = tmp_path / "cli.json"
     proc = _run([str(BENCH / "bench_cli.py"), "--quick", "--model", str(run_copy), "--out", str(out)])

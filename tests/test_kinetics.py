@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import typer
+from conftest import VIDEOS
 from typer.testing import CliRunner
 
 from vidcli.cli.data_kinetics import register
@@ -18,7 +19,6 @@ from vidcli.datasets.frames import load_frame_clip, load_frames, read_frame_list
 from vidcli.datasets.kinetics import extract_kinetics_frames, safe_class_name
 from vidcli.errors import VidcliError
 
-VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "videos"
 FOOTBALL = "passing American football (in game)"
 CSV = (
     "label,youtube_id,time_start,time_end,split\n"

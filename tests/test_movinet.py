@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import fixture_path
 
 from vidcli import fsio
 from vidcli.backends.keras import movinet
@@ -20,20 +21,17 @@ from vidcli.backends.keras.movinet import MovinetParams
 from vidcli.backends.keras.movinet_import import resolve_checkpoint
 from vidcli.errors import VidcliError
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "fixtures" / "movinet"
 SHAPE = (8, 64, 64, 3)
 ATOL = 1e-4
 
 
 def reference(variant: str) -> dict[str, np.ndarray]:
-    with np.load(DATA / f"movinet_a0_{variant}_io.npz") as data:
+    with np.load(fixture_path("movinet", f"movinet_a0_{variant}_io.npz")) as data:
         return {k: data[k] for k in data.files}
 
 
 def tarball(variant: str) -> str:
-    path = DATA / f"movinet_a0_{variant}.tar.gz"
-    assert path.is_file(), f"fixture missing: {path}"
-    return str(path)
+    return str(fixture_path("movinet", f"movinet_a0_{variant}.tar.gz"))
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import fixture_path
 from typer.testing import CliRunner
 
 from vidcli import recipe as recipe_mod
@@ -19,14 +20,11 @@ from vidcli.cli.main import app
 from vidcli.errors import VidcliError
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "fixtures" / "movinet"
 ATOL = 1e-4
 
 
 def tarball(variant: str) -> Path:
-    path = FIXTURES / f"movinet_a0_{variant}.tar.gz"
-    assert path.is_file(), f"fixture missing: {path}"
-    return path
+    return fixture_path("movinet", f"movinet_a0_{variant}.tar.gz")
 
 
 def tiny_overrides(data: Path, variant: str, **extra: str) -> list[str]:

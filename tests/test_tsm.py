@@ -8,38 +8,38 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import fixture_path
 
 from vidcli.backends.torch.resnet import resnet50
 from vidcli.backends.torch.tsm import TSM, TemporalShift, TsmParams, build, temporal_shift
 from vidcli.backends.torch.tsm_import import load_imagenet_resnet50, load_tsm_checkpoint, load_tsm_state_dict
 from vidcli.errors import VidcliError
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "fixtures" / "tsm"
-CKPT = FIXTURES / "TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e50.pth"
+CKPT_NAME = "TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e50.pth"
 ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
 def ref() -> dict[str, np.ndarray]:
-    with np.load(FIXTURES / "tsm_reference.npz") as z:
+    with np.load(fixture_path("tsm", "tsm_reference.npz")) as z:
         return {k: z[k] for k in z.files}
 
 
 @pytest.fixture(scope="module")
 def kinetics() -> TSM:
     model = TSM(400)
-    load_tsm_checkpoint(model, CKPT)
+    load_tsm_checkpoint(model, fixture_path("tsm", CKPT_NAME))
     return model.eval()
 
 
 @pytest.fixture(scope="module")
 def release() -> dict:
-    return torch.load(CKPT, map_location="cpu", weights_only=True)
+    return torch.load(fixture_path("tsm", CKPT_NAME), map_location="cpu", weights_only=True)
 
 
 def _expected_keys() -> list[tuple[str, list[int]]]:
     rows = []
-    for line in (FIXTURES / "state_dict_keys_kinetics.txt").read_text().splitlines():
+    for line in fixture_path("tsm", "state_dict_keys_kinetics.txt").read_text().splitlines():
         key, shape = line.split(" ", 1)
         rows.append((key.removeprefix("module."), [int(s) for s in shape.strip("[]").split(",") if s.strip()]))
     return rows
@@ -155,7 +155,7 @@ def test_many_unmatched_keys_are_summarised(release: dict) -> None:
 
 def test_other_class_count_reinitialises_head(release: dict, capsys: pytest.CaptureFixture[str]) -> None:
     model = TSM(10)
-    load_tsm_checkpoint(model, CKPT)
+    load_tsm_checkpoint(model, fixture_path("tsm", CKPT_NAME))
     own = model.state_dict()
     for key, value in release["state_dict"].items():
         key = key.removeprefix("module.")
@@ -304,7 +304,7 @@ def test_build_rejects_two_initialisations_and_bad_class_count() -> None:
 
 
 def test_build_loads_pretrained(release: dict) -> None:
-    model = build(TsmParams(pretrained=str(CKPT), dropout=0.5), 400)
+    model = build(TsmParams(pretrained=str(fixture_path("tsm", CKPT_NAME)), dropout=0.5), 400)
     want = release["state_dict"]["module.base_model.layer1.0.conv1.net.weight"]
     assert torch.equal(model.state_dict()["base_model.layer1.0.conv1.net.weight"], want)
     assert torch.equal(model.new_fc.weight, release["state_dict"]["module.new_fc.weight"])

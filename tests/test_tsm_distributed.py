@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import env, write_recipe
+from conftest import VIDEOS, env, write_recipe
 from torch import nn
 
 from vidcli import recipe as recipe_mod
@@ -27,7 +27,6 @@ from vidcli.datasets.source import Source
 from vidcli.errors import VidcliError
 from vidcli.runs import Run
 
-VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "videos"
 TINY = {"num_segments": 4, "width": 8, "layers": [1, 1, 1, 1], "shift_div": 4, "dropout": 0.0}
 EPOCHS = 12
 

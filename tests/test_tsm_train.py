@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import write_recipe
+from conftest import VIDEOS, fixture_path, write_recipe
 from typer.testing import CliRunner
 
 from vidcli import recipe as recipe_mod
@@ -29,9 +29,7 @@ from vidcli.errors import VidcliError
 from vidcli.exporting import export
 from vidcli.runs import Run
 
-VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "videos"
-FIXTURE_CKPT = (Path(__file__).resolve().parents[2] / "shared" / "testdata" / "fixtures" / "tsm"
-                / "TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e50.pth")
+FIXTURE_CKPT = ("tsm", "TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e50.pth")
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -246,12 +244,12 @@ def test_bad_checkpoints_are_named(tsm_run: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_pretrained_kinetics_checkpoint_fine_tunes_to_new_classes() -> None:
-    assert FIXTURE_CKPT.is_file(), f"test data missing: {FIXTURE_CKPT}"
+    ckpt = fixture_path(*FIXTURE_CKPT)
     rec = recipe_mod.load(Path(__file__).resolve().parents[1] / "recipes" / "tsm_r50_kinetics.yaml",
-                          [f"model.pretrained={FIXTURE_CKPT}"])
+                          [f"model.pretrained={ckpt}"])
     model = backend.build(rec, 5)
     assert model.new_fc.out_features == 5 and model.partial_bn
-    ref = torch.load(FIXTURE_CKPT, map_location="cpu", weights_only=True)["state_dict"]
+    ref = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     key = "base_model.layer1.0.conv1.net.weight"
     assert torch.equal(model.state_dict()[key], ref["module." + key])
     both = recipe_mod.from_dict(recipe_mod.Recipe, {"name": "x", "data": {"frames": 8}, "model": {

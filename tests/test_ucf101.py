@@ -17,6 +17,7 @@ from pathlib import Path
 import httpserver
 import pytest
 import typer
+from conftest import VIDEOS
 from httpserver import FileServer
 from typer.testing import CliRunner
 
@@ -27,7 +28,6 @@ from vidcli.datasets.ucf101 import fetch_ucf101
 from vidcli.errors import VidcliError
 
 REPO = Path(__file__).resolve().parents[1]
-VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "videos"
 ZIP_PATH = "/UCF101_videos.zip"
 # class -> clips in each group (g01, g02, ...)
 GROUPS = {

@@ -8,11 +8,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import VIDEOS
 
 from vidcli.errors import VidcliError
 from vidcli.video import decode
 
-VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "videos"
 SIZE = (32, 32)
 
 
