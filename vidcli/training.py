@@ -58,6 +58,7 @@ def train(recipe_path: Path | None, overrides: list[str], resume: Path | None, r
             raise VidcliError("give a recipe file, or --resume RUN")
         rec = recipe_mod.load(recipe_path, overrides)
         run = None
+    registry.check_recipe(rec)  # every key the family cannot honour is refused before a framework loads
     backend_name = registry.backend_name(rec.model.arch)
     role = distributed.role_for(backend_name, rec.train.distribute)
     if role.chief and run is not None and overrides:
@@ -66,8 +67,6 @@ def train(recipe_path: Path | None, overrides: list[str], resume: Path | None, r
         distributed.wait_for(Path(rec.data.root), "the built-in data")
     if rec.data.synth is None:
         ensure_data(rec)  # a missing data folder is reported before a framework loads and logs
-    fam = registry.family(rec.model.arch)
-    recipe_mod.from_dict(fam.Params, rec.model.params, "model.params")
     ensure_data(rec)
     train_src = open_source(rec.data, "train", run.labels if run else None)
     val_src = open_source(rec.data, "val", train_src.classes) if has_split(rec, "val") else None

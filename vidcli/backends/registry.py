@@ -1,35 +1,53 @@
-"""Architecture name -> (backend, family module), imported only when used.
+"""Family name -> its card (framework-free) -> its backend (imported only when used).
 
-A family module has a `Params` dataclass and `build(params, num_classes, input_shape)`; it may have
-`load_pretrained(model, source, params)`. A backend module has the same small set of functions for
-every framework (fit, predict_split, load, predict_batch, export_onnx), so the CLI never knows
-which framework is behind a run.
+Adding a family: its card in `vidcli/families/`, its network in the backend's folder, and one line in
+FAMILIES. `check_recipe` is where a recipe meets its family: every key the family or its backend does not
+honour is refused by name, before any framework loads.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from types import ModuleType
+from typing import Any
 
 from vidcli.errors import VidcliError
+from vidcli.families import FamilySpec, changed, refuse
 
-ARCHS: dict[str, tuple[str, str]] = {
-    "r2plus1d": ("keras", "vidcli.backends.keras.r2plus1d"),
-    "movinet": ("keras", "vidcli.backends.keras.movinet"),
-    "vivit": ("keras", "vidcli.backends.keras.vivit"),
-    "tsm": ("torch", "vidcli.backends.torch.tsm"),
+FAMILIES: dict[str, str] = {
+    "r2plus1d": "vidcli.families.r2plus1d",
+    "movinet": "vidcli.families.movinet",
+    "vivit": "vidcli.families.vivit",
+    "tsm": "vidcli.families.tsm",
 }
-BACKENDS = {"keras": "vidcli.backends.keras.backend", "torch": "vidcli.backends.torch.backend"}
+
+BACKENDS: dict[str, str] = {"keras": "vidcli.backends.keras.backend", "torch": "vidcli.backends.torch.backend"}
+
+# Recipe keys a backend does not implement: a non-default value is refused with the reason.
+UNSUPPORTED: dict[str, dict[str, str]] = {
+    "keras": {
+        "train.channels_last": "a PyTorch memory-format setting; Keras video tensors are channels-last already",
+        "train.head_lr_mult": "not implemented for Keras models (one learning rate for every layer)",
+    },
+    "torch": {
+        "train.xla": "XLA compilation is a Keras setting",
+        "train.distribute": "PyTorch models are distributed by launching under torchrun "
+                            "(torchrun --nproc-per-node N -m vidcli train RECIPE)",
+    },
+}
+
+
+def spec(arch: str) -> FamilySpec:
+    if arch not in FAMILIES:
+        near = difflib.get_close_matches(arch, list(FAMILIES), n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else f" (known: {', '.join(FAMILIES)})"
+        raise VidcliError(f"model.arch: unknown architecture '{arch}'{hint}")
+    return importlib.import_module(FAMILIES[arch]).SPEC
 
 
 def backend_name(arch: str) -> str:
-    if arch not in ARCHS:
-        import difflib
-
-        near = difflib.get_close_matches(arch, list(ARCHS), n=1)
-        hint = f" (did you mean '{near[0]}'?)" if near else f" (known: {', '.join(ARCHS)})"
-        raise VidcliError(f"model.arch: unknown architecture '{arch}'{hint}")
-    return ARCHS[arch][0]
+    return spec(arch).backend
 
 
 def _import(module: str, what: str) -> ModuleType:
@@ -46,10 +64,64 @@ def _import(module: str, what: str) -> ModuleType:
 
 
 def backend(arch: str) -> ModuleType:
-    name = backend_name(arch)
-    return _import(BACKENDS[name], f"model.arch '{arch}'")
+    return _import(BACKENDS[spec(arch).backend], f"model.arch '{arch}'")
 
 
 def family(arch: str) -> ModuleType:
-    backend_name(arch)
-    return _import(ARCHS[arch][1], f"model.arch '{arch}'")
+    """The family's framework module (network, pretrained import)."""
+    return _import(spec(arch).module, f"model.arch '{arch}'")
+
+
+def _general_rules(rec: Any, fam: FamilySpec) -> list[tuple[str, str]]:
+    """Keys whose effect depends on other keys: asked for where nothing would use them."""
+    d, t = rec.data, rec.train
+    problems: list[tuple[str, str]] = []
+    if d.format not in fam.formats:
+        problems.append(("data.format", f"'{d.format}' is not an input of this family (it reads "
+                                        f"{', '.join(fam.formats)})"))
+    if d.format == "volumes":
+        for key in ("frames", "frame_step", "size", "sampling", "flip"):
+            if changed(d, key):
+                problems.append((f"data.{key}", "volumes are used whole, at the data's own size; "
+                                                "this setting would change nothing"))
+    elif d.sampling != "step":
+        if changed(d, "frame_step"):
+            problems.append(("data.frame_step", f"data.sampling '{d.sampling}' spreads the frames over the "
+                                                "whole video; frame_step is used with sampling: step only"))
+    elif changed(d, "multiscale_crop"):
+        problems.append(("data.multiscale_crop", "crops are taken with data.sampling segments or dense; "
+                                                 "sampling: step letterboxes the whole frame"))
+    if d.synth is not None and d.format == "frames":
+        problems.append(("data.synth", "generates videos or volumes, not frame folders (data.format: frames)"))
+    if d.synth is not None and d.synth.volumes != (d.format == "volumes"):
+        problems.append(("data.synth.volumes", f"must be {d.format == 'volumes'} for data.format '{d.format}'"))
+    if t.optimizer != "sgd" and changed(t, "momentum"):
+        problems.append(("train.momentum", f"applies to train.optimizer: sgd, not '{t.optimizer}'"))
+    if t.schedule != "step":
+        for key in ("step_epochs", "step_gamma"):
+            if changed(t, key):
+                problems.append((f"train.{key}", f"applies to train.schedule: step, not '{t.schedule}'"))
+    if t.lr_scaling == "none" and changed(t, "lr_base_batch"):
+        problems.append(("train.lr_base_batch", "used only with train.lr_scaling: linear or sqrt"))
+    for key, why in UNSUPPORTED.get(fam.backend, {}).items():
+        section, name = key.split(".")
+        if changed(getattr(rec, section), name):
+            problems.append((key, why))
+    return problems
+
+
+def check_recipe(rec: Any) -> Any:
+    """The recipe's model params, checked against its family; every key the family or its backend would not
+    honour is an error naming the key and the family. Imports no framework."""
+    fam = spec(rec.model.arch)
+    params = fam.parse(rec.model.params)
+    inner = getattr(params, "pretrained", None)
+    if inner and rec.model.pretrained and inner != rec.model.pretrained:
+        raise VidcliError("model.pretrained and model.params.pretrained are both set; keep one")
+    problems = _general_rules(rec, fam)
+    if (rec.model.pretrained or inner) and fam.pretrained is None:
+        problems.append(("model.pretrained", "this family has no pretrained checkpoints"))
+    if fam.rules is not None:
+        problems.extend(fam.rules(rec, params))
+    refuse(problems, fam.name)
+    return params

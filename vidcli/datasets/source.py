@@ -50,13 +50,17 @@ class Source:
         if self.kind == "videos":
             from vidcli.video.decode import read_clip
 
-            return read_clip(self.items[i], self.frames, self.frame_step, self.size, start=start, rng=rng)
-        if self.kind == "frames":
+            clip = read_clip(self.items[i], self.frames, self.frame_step, self.size, start=start, rng=rng)
+        elif self.kind == "frames":
             from vidcli.datasets.frames import load_frame_clip
 
             n = int(self.extra["num_frames"][i])
-            return load_frame_clip(self.items[i], n, self.frames, self.frame_step, self.size, start, rng)
-        return self.items[i]
+            clip = load_frame_clip(self.items[i], n, self.frames, self.frame_step, self.size, start, rng)
+        else:
+            return self.items[i]
+        if rng is not None and self.flip and rng.random() < 0.5:  # data.flip: mirror half the training clips
+            clip = np.ascontiguousarray(clip[:, :, ::-1])
+        return clip
 
     def load_views(self, i: int, clips: int = 1, crops: int = 1) -> np.ndarray:
         """Test-time views of sample `i`, uint8 (clips * crops, T, H, W, 3), clip-major."""

@@ -42,13 +42,12 @@ def setup(train: recipe_mod.TrainConfig) -> None:
 
 
 def build(rec: recipe_mod.Recipe, num_classes: int, sample_shape: tuple[int, ...]) -> keras.Model:
+    params = registry.check_recipe(rec)
     fam = registry.family(rec.model.arch)
-    params = recipe_mod.from_dict(fam.Params, rec.model.params, "model.params")
     model = fam.build(params, num_classes, tuple(sample_shape))
-    if rec.model.pretrained:
-        if not hasattr(fam, "load_pretrained"):
-            raise VidcliError(f"model.pretrained: '{rec.model.arch}' has no pretrained checkpoints")
-        fam.load_pretrained(model, rec.model.pretrained, params)
+    pretrained = rec.model.pretrained or getattr(params, "pretrained", None)
+    if pretrained:
+        fam.load_pretrained(model, pretrained, params)
     if rec.train.precision != "float32":  # logits and loss in float32
         outputs = keras.layers.Activation("linear", dtype="float32", name="logits_fp32")(model.output)
         model = keras.Model(model.input, outputs, name=model.name)

@@ -21,10 +21,9 @@ import keras
 import numpy as np
 from keras import ops
 
-States = dict[str, Any]
+from vidcli.families.movinet import ACTIVATIONS, GATING_ACTIVATIONS  # noqa: F401
 
-ACTIVATIONS = ("swish", "hard_swish", "relu", "relu6", "linear")
-GATING_ACTIVATIONS = ("sigmoid", "hard_sigmoid")
+States = dict[str, Any]
 
 
 def activate(x, name: str | None):

@@ -8,22 +8,11 @@ and 10 classes the parameter count equals the tutorial model's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import keras
 from keras import layers, ops
 
 from vidcli.errors import VidcliError
-
-
-@dataclass
-class R2Plus1DParams:
-    filters: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
-    stem_kernel: tuple[int, int, int] = (3, 7, 7)
-    kernel: tuple[int, int, int] = (3, 3, 3)
-    dropout: float = 0.0
-    norm: str = "layer"  # "layer" as the tutorial; "batch" learns small data sets much faster
-
+from vidcli.families.r2plus1d import R2Plus1DParams
 
 Params = R2Plus1DParams
 

@@ -8,23 +8,11 @@ example's: 1,656,971 for (28, 28, 28, 1) inputs, 8^3 patches, width 128, 8 heads
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import keras
 from keras import layers, ops
 
 from vidcli.errors import VidcliError
-
-
-@dataclass
-class VivitParams:
-    patch_size: tuple[int, int, int] = (8, 8, 8)
-    projection_dim: int = 128
-    num_heads: int = 8
-    num_layers: int = 8
-    dropout: float = 0.1
-    layer_norm_eps: float = 1e-6
-
+from vidcli.families.vivit import VivitParams
 
 Params = VivitParams
 

@@ -195,14 +195,10 @@ def sync_batchnorm(module: nn.Module) -> nn.Module:
 
 
 def params_of(rec: recipe_mod.Recipe) -> tsm.TsmParams:
-    params = recipe_mod.from_dict(tsm.TsmParams, rec.model.params, "model.params")
-    if rec.model.pretrained:
-        if params.pretrained:
-            raise VidcliError("model.pretrained and model.params.pretrained both set; keep one")
-        params.pretrained = rec.model.pretrained
-    if params.num_segments != rec.data.frames:
-        raise VidcliError(f"model.params.num_segments ({params.num_segments}) must equal data.frames "
-                          f"({rec.data.frames}): each segment gives the model one frame")
+    from vidcli.backends import registry
+
+    params = registry.check_recipe(rec)
+    params.pretrained = params.pretrained or rec.model.pretrained
     return params
 
 

@@ -13,8 +13,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from vidcli.families.tsm import LAYERS_50  # ResNet-50's blocks per stage
+
 EXPANSION = 4
-LAYERS_50 = (3, 4, 6, 3)
+
 Wrapper = Callable[[nn.Module], nn.Module]
 
 

@@ -6,20 +6,15 @@ the released checkpoints load by name; see `tsm_import`.
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from vidcli.backends.torch.resnet import LAYERS_50, ResNet
 from vidcli.errors import VidcliError
+from vidcli.families.tsm import CONSENSUS, SHIFT_PLACES, TsmParams, validate  # noqa: F401
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-SHIFT_PLACES = ("blockres", "block")
-CONSENSUS = ("avg",)
 
 
 def temporal_shift(x: torch.Tensor, n_segment: int, fold_div: int = 8) -> torch.Tensor:
@@ -149,68 +144,6 @@ class TSM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.new_fc(self.dropout(self.features(x)))
         return logits.reshape(-1, self.num_segments, self.num_classes).mean(dim=1)
-
-
-@dataclass
-class TsmParams:
-    num_segments: int = 8
-    shift_div: int = 8
-    shift_place: str = "blockres"
-    dropout: float = 0.8
-    consensus: str = "avg"
-    partial_bn: bool = False
-    pretrained: str | None = None
-    imagenet_init: str | None = None
-    is_shift: bool = True
-    width: int = 64
-    layers: list[int] = dataclasses.field(default_factory=lambda: list(LAYERS_50))
-
-
-Params = TsmParams
-
-
-def _bad(field: str, why: str, value: object) -> VidcliError:
-    return VidcliError(f"model.params.{field}: {why}, got {value!r}")
-
-
-def validate(params: TsmParams) -> None:
-    """Raise a VidcliError naming the first bad field, so a recipe typo never reaches torch."""
-    p = params
-
-    def is_int(v: object) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    if not is_int(p.num_segments) or p.num_segments < 1:
-        raise _bad("num_segments", "must be an integer >= 1", p.num_segments)
-    if not isinstance(p.is_shift, bool):
-        raise _bad("is_shift", "must be true or false", p.is_shift)
-    if not is_int(p.width) or p.width < 1:
-        raise _bad("width", "must be an integer >= 1", p.width)
-    if not isinstance(p.layers, (list, tuple)) or not p.layers or not all(is_int(n) and n >= 1 for n in p.layers):
-        raise _bad("layers", "must be a list of block counts >= 1, e.g. [3, 4, 6, 3]", p.layers)
-    if p.is_shift and is_int(p.shift_div) and p.width // max(p.shift_div, 1) < 1:
-        raise _bad("width", f"must be >= shift_div ({p.shift_div}) so a shifted fold has a channel", p.width)
-    if not is_int(p.shift_div) or not 2 <= p.shift_div <= 64:
-        raise _bad("shift_div", "must be an integer in [2, 64] (64: the narrowest shifted input)", p.shift_div)
-    if p.shift_place not in SHIFT_PLACES:
-        raise _bad("shift_place", f"must be one of {', '.join(SHIFT_PLACES)}", p.shift_place)
-    if isinstance(p.dropout, bool) or not isinstance(p.dropout, (int, float)) or not 0.0 <= p.dropout < 1.0:
-        raise _bad("dropout", "must be a number in [0, 1)", p.dropout)
-    if isinstance(p.dropout, float) and math.isnan(p.dropout):
-        raise _bad("dropout", "must be a number in [0, 1)", p.dropout)
-    if p.consensus not in CONSENSUS:
-        raise _bad("consensus", f"must be one of {', '.join(CONSENSUS)}", p.consensus)
-    if not isinstance(p.partial_bn, bool):
-        raise _bad("partial_bn", "must be true or false", p.partial_bn)
-    for field in ("pretrained", "imagenet_init"):
-        value = getattr(p, field)
-        if value is not None and (not isinstance(value, str) or not value):
-            raise _bad(field, "must be a file path or null", value)
-    if p.pretrained and p.imagenet_init:
-        raise VidcliError(
-            "model.params.pretrained and model.params.imagenet_init are exclusive: a TSM checkpoint already sets "
-            "every backbone weight"
-        )
 
 
 def build(params: TsmParams, num_classes: int) -> TSM:
