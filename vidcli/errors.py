@@ -6,8 +6,10 @@ and keeps its traceback.
 
 from __future__ import annotations
 
-BAD_INPUT = 2
-FAILURE = 1
+FAILURE = 1  # the job failed although its input was valid
+BAD_INPUT = 2  # bad input or usage: nothing was done
+PARTIAL = 3  # some inputs failed, the others were processed and reported (predict, kinetics-frames)
+INTERRUPTED = 130  # Ctrl-C: what was finished is kept (an interrupted run can be resumed)
 
 
 class VidcliError(Exception):
