@@ -1,4 +1,5 @@
-"""TSM (Lin et al. 2019): a 2D ResNet-50 that mixes time by shifting channels between neighbouring frames.
+"""TSM (Lin et al. 2019): a 2D CNN (ResNet-50 or MobileNetV2) that mixes time by shifting channels between
+neighbouring frames; the MobileNetV2 also online, shifting from the past only (see `tsm_online`).
 
 Module names follow mit-han-lab/temporal-shift-module's `TSN` (`base_model`, `new_fc`, `...conv1.net`) so
 the released checkpoints load by name; see `tsm_import`.
@@ -9,9 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vidcli.backends.torch.mobilenet_v2 import MobileNetV2
 from vidcli.backends.torch.resnet import LAYERS_50, ResNet
 from vidcli.errors import VidcliError
-from vidcli.families.tsm import CONSENSUS, SHIFT_PLACES, TsmParams, validate  # noqa: F401
+from vidcli.families.tsm import BACKBONES, CONSENSUS, SHIFT_PLACES, TsmParams, validate  # noqa: F401
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -32,26 +34,39 @@ def temporal_shift(x: torch.Tensor, n_segment: int, fold_div: int = 8) -> torch.
     return out.reshape(nt, c, h, w)
 
 
+def causal_shift(x: torch.Tensor, n_segment: int, fold_div: int = 8) -> torch.Tensor:
+    """The online shift over whole clips: the first 1/fold_div of the channels come from the previous frame
+    (zeros at the first), nothing from the future. Frame by frame this is the online demo's buffer."""
+    nt, c, h, w = x.shape
+    x = x.reshape(nt // n_segment, n_segment, c, h, w)
+    fold = c // fold_div
+    from_prev = torch.cat([x.new_zeros(x.shape[0], 1, fold, h, w), x[:, :-1, :fold]], dim=1)
+    return torch.cat([from_prev, x[:, :, fold:]], dim=2).reshape(nt, c, h, w)
+
+
 class TemporalShift(nn.Module):
     """Shift, then run `net`; holding `net` as a child keeps its parameters under `<name>.net.*` as upstream."""
 
-    def __init__(self, net: nn.Module, n_segment: int = 8, fold_div: int = 8):
+    def __init__(self, net: nn.Module, n_segment: int = 8, fold_div: int = 8, causal: bool = False):
         super().__init__()
         self.net = net
         self.n_segment = n_segment
         self.fold_div = fold_div
+        self.causal = causal
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(temporal_shift(x, self.n_segment, self.fold_div))
+        shift = causal_shift if self.causal else temporal_shift
+        return self.net(shift(x, self.n_segment, self.fold_div))
 
     def extra_repr(self) -> str:
-        return f"n_segment={self.n_segment}, fold_div={self.fold_div}"
+        return f"n_segment={self.n_segment}, fold_div={self.fold_div}, causal={self.causal}"
 
 
 class TSM(nn.Module):
-    """ResNet-50 backbone per frame, dropout, `new_fc` per frame, then the average over segments.
+    """Backbone per frame, dropout, `new_fc` per frame, then the average over segments.
 
-    Consensus comes after the head as in the reference, so logits (not features) are averaged.
+    Consensus comes after the head as in the reference, so logits (not features) are averaged. `online`
+    (MobileNetV2 only) shifts from the past only, so a clip's per-frame logits equal the stream's.
     """
 
     def __init__(
@@ -66,25 +81,40 @@ class TSM(nn.Module):
         is_shift: bool = True,
         width: int = 64,
         layers: tuple[int, ...] = LAYERS_50,
+        backbone: str = "resnet50",
+        online: bool = False,
     ):
         super().__init__()
         if shift_place not in SHIFT_PLACES:
             raise ValueError(f"shift_place must be one of {SHIFT_PLACES}, got {shift_place!r}")
         if consensus not in CONSENSUS:
             raise ValueError(f"consensus must be one of {CONSENSUS}, got {consensus!r}")
+        if backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+        mbv2 = backbone == "mobilenet_v2"
+        if online and not (mbv2 and is_shift):
+            raise ValueError("online needs backbone mobilenet_v2 with the shift")
+        if mbv2 and shift_place != "blockres":
+            raise ValueError("mobilenet_v2 shifts inside the block (blockres) only")
         self.num_classes = num_classes
         self.num_segments = num_segments
         self.shift_div = shift_div
         self.shift_place = shift_place
         self.consensus = consensus
         self.is_shift = is_shift
+        self.backbone = backbone
+        self.online = online
 
         def shift(m: nn.Module) -> nn.Module:
-            return TemporalShift(m, num_segments, shift_div)
+            return TemporalShift(m, num_segments, shift_div, causal=online)
 
         # is_shift=False is the same network as a plain TSN: the control that shows what the shift adds.
-        wrap = {"wrap_block" if shift_place == "block" else "wrap_conv1": shift} if is_shift else {}
-        self.base_model: ResNet = ResNet(tuple(layers), None, width=width, **wrap)
+        self.base_model: ResNet | MobileNetV2
+        if mbv2:
+            self.base_model = MobileNetV2(None, wrap_shift=shift if is_shift else None)
+        else:
+            wrap = {"wrap_block" if shift_place == "block" else "wrap_conv1": shift} if is_shift else {}
+            self.base_model = ResNet(tuple(layers), None, width=width, **wrap)
         self.dropout = nn.Dropout(dropout)
         self.new_fc = nn.Linear(self.base_model.num_features, num_classes)
         self.reset_head()
@@ -138,16 +168,20 @@ class TSM(nn.Module):
         return x.reshape(-1, 3, x.shape[-2], x.shape[-1])
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-frame pooled backbone features (B*T, 2048), before dropout and head."""
+        """Per-frame pooled backbone features (B*T, 2048 or 1280), before dropout and head."""
         return self.base_model(self._frames(x))
 
+    def frame_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-frame logits (B, T, classes) before consensus; online, frame t's equal the stream's at t."""
+        return self.new_fc(self.dropout(self.features(x))).reshape(-1, self.num_segments, self.num_classes)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.new_fc(self.dropout(self.features(x)))
-        return logits.reshape(-1, self.num_segments, self.num_classes).mean(dim=1)
+        return self.frame_logits(x).mean(dim=1)
 
 
 def build(params: TsmParams, num_classes: int) -> TSM:
-    """A TSM from recipe params, initialised from `pretrained` (TSM release) or `imagenet_init` if given."""
+    """A TSM from recipe params, initialised from `pretrained` (a TSM release, or the online demo's file for
+    `online`) or `imagenet_init` (ImageNet weights of the backbone) if given."""
     validate(params)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise VidcliError(f"num_classes must be an integer >= 1, got {num_classes!r}")
@@ -162,11 +196,13 @@ def build(params: TsmParams, num_classes: int) -> TSM:
         is_shift=params.is_shift,
         width=params.width,
         layers=tuple(params.layers),
+        backbone=params.backbone,
+        online=params.online,
     )
     from vidcli.backends.torch import tsm_import
 
     if params.pretrained:
         tsm_import.load_tsm_checkpoint(model, params.pretrained)
     elif params.imagenet_init:
-        tsm_import.load_imagenet_resnet50(model, params.imagenet_init)
+        tsm_import.load_imagenet(model, params.imagenet_init)
     return model

@@ -1,4 +1,5 @@
-"""Strict import of the official TSM release checkpoints and of torchvision's ImageNet ResNet-50 weights.
+"""Strict import of the official TSM checkpoints (ResNet-50 and MobileNetV2 releases, the online demo's
+MobileNetV2) and of ImageNet backbone weights (torchvision's ResNet-50, the TSM repository's MobileNetV2).
 
 Strict means every tensor in the file lands somewhere and every model tensor is filled, with shapes checked:
 a silently skipped key is a model that looks pretrained and is not. Two exceptions: a classifier head with a
@@ -20,12 +21,17 @@ import torch
 from torch import nn
 
 from vidcli import console
+from vidcli.backends.torch.mobilenet_v2 import MobileNetV2
 from vidcli.backends.torch.resnet import ResNet
 from vidcli.backends.torch.tsm import TSM
 from vidcli.errors import VidcliError
+from vidcli.families.tsm import RELEASE_ARCHS
 
 HEAD = "new_fc."
 SHOWN = 10
+# Where a head sits in each format: TSN with dropout 0 keeps it in the backbone; plain backbones name it.
+HEADS = ("new_fc.", "base_model.fc.", "base_model.classifier.", "classifier.", "fc.")
+ONLINE_DEMO = "the online demo's MobileNetV2 (plain features.* / classifier.* keys)"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -93,11 +99,68 @@ def _load_strict(model: nn.Module, mapped: dict[str, torch.Tensor], source: str,
     model.load_state_dict(full, strict=True)
 
 
+def _backbone_of(sd: Mapping[str, torch.Tensor]) -> str | None:
+    """Which backbone a state_dict's names belong to (None: neither)."""
+    names = [k.removeprefix("base_model.") for k in sd]
+    if any(k.startswith("features.") for k in names):
+        return "mobilenet_v2"
+    if any(k.startswith(("layer1.", "conv1.")) for k in names):
+        return "resnet50"
+    return None
+
+
+def _check_backbone(model: TSM, found: str | None, source: str, how: str) -> None:
+    if found is not None and found != model.backbone:
+        raise VidcliError(f"{source}: {how} {found} weights; the model is model.params.backbone "
+                          f"{model.backbone!r} (set backbone: {found})")
+
+
+def _from_online_demo(sd: Mapping[str, torch.Tensor], model: TSM) -> dict[str, torch.Tensor]:
+    """The online demo's names -> ours: `base_model.` prefix, `.net` in the shifted convs, `classifier` ->
+    `new_fc`. Which convs are shifted is read off the model, so the file's names cannot move the shift."""
+    shifted = {f"features.{i}.conv.0." for i in model.base_model.shift_blocks()}
+    out = {}
+    for key, value in sd.items():
+        if key.startswith("classifier."):
+            out[HEAD + key.removeprefix("classifier.")] = value
+            continue
+        prefix = key[: key.rfind(".") + 1]
+        out["base_model." + (prefix + "net." + key[len(prefix):] if prefix in shifted else key)] = value
+    return out
+
+
+def _form(sd: Mapping[str, torch.Tensor], model: TSM, source: str) -> dict[str, torch.Tensor]:
+    """The file's tensors under the model's names, after refusing a file whose network differs by more than
+    its names: another backbone, or the other kind of shift (offline release vs online demo)."""
+    tsn = any(k.startswith(("base_model.", HEAD)) for k in sd)
+    _check_backbone(model, _backbone_of(sd), source, "holds")
+    if tsn:
+        if model.online:
+            raise VidcliError(
+                f"{source}: an offline TSM release (bi-directional shift of 2/{model.shift_div} of the channels) "
+                "does not fit model.params.online: true (past-only shift of 1/8): the shift differs; train it "
+                "online from this file's backbone via imagenet_init, or set online: false"
+            )
+        return {(HEAD + k.split(".", 2)[2] if k.startswith(("base_model.fc.", "base_model.classifier.")) else k): v
+                for k, v in sd.items()}
+    if model.backbone == "mobilenet_v2":
+        if not model.online:
+            raise VidcliError(
+                f"{source}: {ONLINE_DEMO} shifts 1/8 of the channels from the past only, this model "
+                f"(online: false) 2/{model.shift_div} both ways: the shift differs; set model.params.online: "
+                "true, or give ImageNet weights as model.params.imagenet_init"
+            )
+        if model.shift_div != 8:
+            raise VidcliError(f"{source}: {ONLINE_DEMO} shifts C/8 channels, model.params.shift_div is "
+                              f"{model.shift_div}; set shift_div: 8")
+        return _from_online_demo(sd, model)
+    return dict(sd)
+
+
 def load_tsm_state_dict(model: TSM, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Load an upstream TSN/TSM state_dict (keys `base_model.*`, `new_fc.*`, optional `module.`) strictly."""
-    sd = _state_dict(state_dict, source)
-    # Upstream with dropout=0 keeps its head in base_model.fc instead of new_fc.
-    sd = {(HEAD + k[len("base_model.fc.") :] if k.startswith("base_model.fc.") else k): v for k, v in sd.items()}
+    """Load an upstream TSN/TSM state_dict (keys `base_model.*`, `new_fc.*`, optional `module.`) or, into an
+    online MobileNetV2, the online demo's plain one (`features.*`, `classifier.*`), strictly."""
+    sd = _form(_state_dict(state_dict, source), model, source)
     weight = sd.get(HEAD + "weight")
     own_weight = model.new_fc.weight
     other_classes = weight is not None and weight.dim() == 2 and weight.shape[0] != own_weight.shape[0]
@@ -106,7 +169,8 @@ def load_tsm_state_dict(model: TSM, state_dict: Mapping[str, torch.Tensor], sour
         model.reset_head()
         sd = {k: v for k, v in sd.items() if not k.startswith(HEAD)}
         sd.update({k: v for k, v in model.state_dict().items() if k.startswith(HEAD)})
-    _load_strict(model, sd, source, "the TSM ResNet-50 model")
+    what = "the online TSM MobileNetV2 model" if model.online else f"the TSM {model.backbone} model"
+    _load_strict(model, sd, source, what)
     if reinit:
         console.log(
             f"{source}: head has {weight.shape[0]} classes, the model {own_weight.shape[0]}: "
@@ -115,28 +179,62 @@ def load_tsm_state_dict(model: TSM, state_dict: Mapping[str, torch.Tensor], sour
 
 
 def load_tsm_checkpoint(model: TSM, path: str | os.PathLike) -> None:
-    """Initialise `model` from a mit-han-lab TSM release file ({'epoch', 'arch', 'state_dict', 'best_prec1'})."""
+    """Initialise `model` from a mit-han-lab TSM release file ({'epoch', 'arch', 'state_dict', 'best_prec1'})
+    or, for an online model, from the online demo's `mobilenetv2_jester_online.pth.tar`."""
     obj = read_checkpoint(path)
     arch = obj.get("arch") if isinstance(obj, Mapping) else None
-    if isinstance(arch, str) and arch != "resnet50":
-        raise VidcliError(f"{path}: a TSM checkpoint for arch {arch!r}; vidcli's TSM is resnet50")
+    if isinstance(arch, str):
+        if arch not in RELEASE_ARCHS:
+            raise VidcliError(f"{path}: a TSM checkpoint for arch {arch!r}; vidcli's TSM builds "
+                              f"{' or '.join(RELEASE_ARCHS)}")
+        _check_backbone(model, RELEASE_ARCHS[arch], str(path), f"a TSM checkpoint for arch {arch!r}, i.e.")
     load_tsm_state_dict(model, obj, str(path))
 
 
+def head_classes(path: str | os.PathLike) -> int:
+    """The class count of a TSM release's or the online demo's head, so a model can be built to fit it."""
+    sd = _state_dict(read_checkpoint(path), str(path))
+    for head in HEADS:
+        weight = sd.get(head + "weight")
+        if weight is not None and weight.dim() == 2:
+            return int(weight.shape[0])
+    raise VidcliError(f"{path}: holds no classifier head (none of {', '.join(h + 'weight' for h in HEADS)})")
+
+
 def _canonical(key: str) -> str:
-    """Model key -> torchvision name: drop the TSN prefix and the shift wrappers' `.net`."""
+    """Model key -> the plain backbone's name: drop the TSN prefix and the shift wrappers' `.net`."""
     return key.removeprefix("base_model.").replace(".net.", ".")
 
 
-def load_imagenet_resnet50(model: TSM | ResNet, path: str | os.PathLike) -> None:
-    """Initialise the backbone from torchvision `resnet50` ImageNet weights; the 1000-class `fc` is dropped
-    unless `model` is a plain ResNet with a matching `fc`."""
+def _load_imagenet(model: TSM | ResNet | MobileNetV2, path: str | os.PathLike, backbone: str) -> None:
+    """Backbone weights from a plain ImageNet state_dict; its 1000-class head (`fc` / `classifier`) is
+    dropped unless `model` is the plain network with a matching head."""
     source = str(path)
+    what = {"resnet50": "ImageNet ResNet-50", "mobilenet_v2": "ImageNet MobileNetV2"}[backbone]
     sd = _state_dict(read_checkpoint(path), source)
+    found = _backbone_of(sd)
+    if found is not None and found != backbone:
+        raise VidcliError(f"{source}: holds {found} weights, not an {what} for backbone {backbone!r}")
     by_name = {_canonical(k): k for k in model.state_dict() if not k.startswith(HEAD)}
-    dropped = [k for k in sd if k.startswith("fc.") and k not in by_name]
+    dropped = [k for k in sd if k.startswith(("fc.", "classifier.")) and k not in by_name]
     mapped = {by_name.get(k, k): v for k, v in sd.items() if k not in dropped}
     if isinstance(model, TSM):
         mapped.update({k: v for k, v in model.state_dict().items() if k.startswith(HEAD)})
-    _load_strict(model, mapped, source, "an ImageNet ResNet-50")
-    console.log(f"{source}: ImageNet ResNet-50 weights loaded" + (" (fc dropped)" if dropped else ""))
+    _load_strict(model, mapped, source, f"an {what}")
+    console.log(f"{source}: {what} weights loaded" + (f" ({dropped[0].split('.')[0]} dropped)" if dropped else ""))
+
+
+def load_imagenet_resnet50(model: TSM | ResNet, path: str | os.PathLike) -> None:
+    """torchvision `resnet50` ImageNet weights into a TSM ResNet-50 (or a plain ResNet, keeping `fc`)."""
+    _load_imagenet(model, path, "resnet50")
+
+
+def load_imagenet_mobilenet_v2(model: TSM | MobileNetV2, path: str | os.PathLike) -> None:
+    """The TSM repository's ImageNet MobileNetV2 (`mobilenetv2_1.0-f2a8633.pth.tar`: `features.*`,
+    `classifier.*`) into a TSM MobileNetV2, offline or online (or a plain MobileNetV2, keeping `classifier`)."""
+    _load_imagenet(model, path, "mobilenet_v2")
+
+
+def load_imagenet(model: TSM, path: str | os.PathLike) -> None:
+    """`model.params.imagenet_init`: the ImageNet weights of the model's backbone."""
+    (load_imagenet_mobilenet_v2 if model.backbone == "mobilenet_v2" else load_imagenet_resnet50)(model, path)
