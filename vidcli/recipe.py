@@ -108,11 +108,14 @@ def scaled_learning_rate(train: TrainConfig) -> float:
     return train.learning_rate * (ratio if train.lr_scaling == "linear" else math.sqrt(ratio))
 
 
-def learning_rate_at(train: TrainConfig, epoch: int) -> float:
-    """The recipe's learning rate for a 0-based epoch: linear warm-up, then constant, cosine or step."""
+def learning_rate_at(train: TrainConfig, epoch: int, step: int = 0, steps: int = 1) -> float:
+    """The learning rate at `step` (0-based, of `steps`) in 0-based `epoch`: during the first warmup_epochs it
+    rises linearly step by step from base / warm-up steps to the base rate; then constant, cosine or step,
+    which change once per epoch as in the references."""
     base = scaled_learning_rate(train)
     if epoch < train.warmup_epochs:
-        return base * (epoch + 1) / train.warmup_epochs
+        warm = train.warmup_epochs * max(1, steps)
+        return base * (epoch * max(1, steps) + min(step, max(1, steps) - 1) + 1) / warm
     if train.schedule == "cosine":
         span = max(1, train.epochs - train.warmup_epochs)
         return base * 0.5 * (1 + math.cos(math.pi * (epoch - train.warmup_epochs) / span))

@@ -12,6 +12,7 @@ import importlib
 from types import ModuleType
 from typing import Any
 
+from vidcli.backends.base import Backend
 from vidcli.errors import VidcliError
 from vidcli.families import FamilySpec, changed, refuse
 
@@ -23,6 +24,9 @@ FAMILIES: dict[str, str] = {
 }
 
 BACKENDS: dict[str, str] = {"keras": "vidcli.backends.keras.backend", "torch": "vidcli.backends.torch.backend"}
+SUFFIXES: dict[str, str] = {"keras": ".keras", "torch": ".pt"}  # checkpoint files: best<suffix>, last<suffix>
+# ONNX opsets each exporter writes and our models need (tf2onnx 1.17: up to 18; torch.onnx TorchScript: up to 20).
+OPSETS: dict[str, tuple[int, int]] = {"keras": (13, 18), "torch": (13, 20)}
 
 # Recipe keys a backend does not implement: a non-default value is refused with the reason.
 UNSUPPORTED: dict[str, dict[str, str]] = {
@@ -63,13 +67,31 @@ def _import(module: str, what: str) -> ModuleType:
         raise
 
 
-def backend(arch: str) -> ModuleType:
-    return _import(BACKENDS[spec(arch).backend], f"model.arch '{arch}'")
+def backend(arch: str) -> Backend:
+    """The backend object that trains and runs `arch` (its framework is imported now)."""
+    return _import(BACKENDS[spec(arch).backend], f"model.arch '{arch}'").BACKEND
 
 
 def family(arch: str) -> ModuleType:
     """The family's framework module (network, pretrained import)."""
     return _import(spec(arch).module, f"model.arch '{arch}'")
+
+
+def plain_params(params: Any) -> dict[str, Any]:
+    """Model params as plain JSON values (tuples as lists): what checkpoints record and compare."""
+    import dataclasses
+    import json
+
+    return json.loads(json.dumps(dataclasses.asdict(params)))
+
+
+def load_pretrained(rec: Any, params: Any, model: Any) -> None:
+    """Fill `model` with the weights the recipe names (model.pretrained, or the params' own pretrained /
+    imagenet_init), through the family's loader."""
+    fam = spec(rec.model.arch)
+    source = rec.model.pretrained or getattr(params, "pretrained", None)
+    if fam.loader and (source or getattr(params, "imagenet_init", None)):
+        _import(fam.loader, f"model.arch '{rec.model.arch}'").load_pretrained(model, source, params)
 
 
 def _general_rules(rec: Any, fam: FamilySpec) -> list[tuple[str, str]]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vidcli.errors import VidcliError
+from vidcli.modelcard import ModelCard
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class FamilySpec:
     formats: tuple[str, ...] = ("videos", "frames")  # data.format values it reads
     pretrained: str | None = None  # what model.pretrained takes, in words; None: no pretrained weights
     stream: Callable[[Any], bool] = lambda params: False  # params -> a model fed one frame per call
+    stream_module: str | None = None  # framework module with stream_onnx(model, card, opset) and a Stream class
+    loader: str | None = None  # framework module with load_pretrained(model, source, params)
     rules: Callable[[Any, Any], list[tuple[str, str]]] | None = None  # (recipe, params) -> [(key, why)]
 
     def parse(self, raw: dict[str, Any], where: str = "model.params") -> Any:
@@ -64,6 +67,18 @@ class FamilySpec:
 
     def is_stream(self, params: Any) -> bool:
         return bool(self.stream(params))
+
+    def card(self, rec: Any, labels: list[str], sample_shape: tuple[int, ...]) -> ModelCard:
+        """The model card of this family's model for `rec`, taking uint8 samples of `sample_shape` (T, H, W, C)."""
+        t, h, w, c = (int(v) for v in sample_shape)
+        mean, std = self.norm.per_channel(c)
+        volumes = rec.data.format == "volumes"
+        sampling = "center" if volumes or rec.data.sampling == "step" else rec.data.sampling
+        return ModelCard(labels=list(labels), frames=t, size=(h, w), channels=c, input_kind=rec.data.format,
+                         layout=self.layout, scale=self.norm.scale, mean=mean, std=std, sampling=sampling,
+                         frame_step=1 if volumes or sampling != "center" else rec.data.frame_step,
+                         resize="letterbox" if sampling == "center" else "cover_crop",
+                         flip=bool(rec.data.flip), arch=self.name)
 
 
 def defaults(section: Any) -> dict[str, Any]:

@@ -190,4 +190,6 @@ SPEC = FamilySpec(
     head="classifier_head",
     pretrained="a MoViNet release name (e.g. movinet_a0_base), its URL, .tar.gz or checkpoint folder",
     stream=lambda params: params.causal,
+    stream_module="vidcli.backends.keras.movinet_stream",
+    loader="vidcli.backends.keras.movinet_import",
 )

@@ -200,10 +200,13 @@ SPEC = FamilySpec(
     backend="torch",
     module="vidcli.backends.torch.tsm",
     params=TsmParams,
-    layout="NTCHW",
+    layout="N(TC)HW",  # the reference TSN.forward input: (N, T*3, H, W), frame-major
     norm=IMAGENET,
     head="new_fc",
     sampling="segments",
     pretrained="a TSM release checkpoint (.pth from mit-han-lab/temporal-shift-module)",
     rules=rules,
+    stream=lambda params: params.online,
+    stream_module="vidcli.backends.torch.tsm_online",
+    loader="vidcli.backends.torch.tsm_import",
 )

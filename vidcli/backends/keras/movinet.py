@@ -279,9 +279,3 @@ def stream_fn(model: MovinetClassifier, compiled: bool = True) -> Callable[[Any,
 
     return tf.function(step, reduce_retracing=True) if compiled else step
 
-
-def load_pretrained(model: keras.Model, source: str, params: MovinetParams) -> None:
-    """Fill `model` from an official checkpoint: a release name, URL, `.tar.gz` or folder (see movinet_import)."""
-    from vidcli.backends.keras.movinet_import import load_pretrained as _load
-
-    _load(model, source, params)

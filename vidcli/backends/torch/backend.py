@@ -1,9 +1,8 @@
-"""The PyTorch backend (TSM): the same functions as the Keras backend, so the CLI never knows which runs.
+"""The PyTorch backend: build, train, load, run and export every PyTorch family (`vidcli.backends.base.Backend`).
 
 Checkpoints (`last.pt` after every epoch, copied to `best.pt` when the monitored score improves) hold the
-model, optimizer, schedule position, epoch and every RNG state, and load with `weights_only=True`. The
-learning rate is a pure function of the epoch (step or cosine, per epoch as in the reference), so the
-schedule's state is just the epoch it reached. history.csv and run.json match the Keras backend's.
+model, optimizer, the run's state (see `vidcli.engine`) and every RNG state, and load with `weights_only=True`.
+The learning rate is set every step by the epoch engine (warm-up per step, the schedule per epoch).
 
 Under `torchrun --nproc-per-node N -m vidcli train RECIPE` every process runs `fit` with the same recipe:
 - the model is wrapped in DistributedDataParallel (`nccl` on CUDA, `gloo` on CPU); checkpoints hold the
@@ -23,9 +22,7 @@ import contextlib
 import dataclasses
 import os
 import random
-import shutil
 import tempfile
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,18 +33,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidcli import distributed, fsio
+from vidcli import engine as engine_mod
 from vidcli import recipe as recipe_mod
+from vidcli.backends import registry
+from vidcli.backends.base import Backend, Forward, Stream
 from vidcli.backends.torch import data as tdata
-from vidcli.backends.torch import tsm
 from vidcli.backends.torch.tsm_import import read_checkpoint
 from vidcli.console import Advance, log, progress, warn
 from vidcli.datasets.source import Source
-from vidcli.errors import VidcliError, fail
-from vidcli.runs import Run, read_history, write_history
+from vidcli.errors import VidcliError
+from vidcli.modelcard import INPUT, OUTPUT, ModelCard, StreamSpec
+from vidcli.runs import Run
 
 LAST, BEST = "last.pt", "best.pt"
-FORMAT = "vidcli-tsm/1"
-STRUCTURE = ("num_segments", "shift_div", "shift_place", "consensus", "is_shift", "width", "layers")
+FORMAT = "vidcli-torch/1"
+FORMATS = (FORMAT, "vidcli-tsm/1")  # checkpoints of vidcli 0.1 (TSM only) still load
 AMP = {"mixed_float16": torch.float16, "mixed_bfloat16": torch.bfloat16}
 
 
@@ -194,32 +194,31 @@ def sync_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def params_of(rec: recipe_mod.Recipe) -> tsm.TsmParams:
-    from vidcli.backends import registry
-
+def params_of(rec: recipe_mod.Recipe):
+    """The recipe's model params, checked against its family (model.pretrained merged in where the params have it)."""
     params = registry.check_recipe(rec)
-    params.pretrained = params.pretrained or rec.model.pretrained
+    if hasattr(params, "pretrained"):
+        params.pretrained = params.pretrained or rec.model.pretrained
     return params
 
 
-def build(rec: recipe_mod.Recipe, num_classes: int) -> tsm.TSM:
-    """A fresh TSM, initialised from `model.pretrained` (a TSM release) or `imagenet_init` when given."""
-    return tsm.build(params_of(rec), num_classes)
+def build_model(arch: str, params, num_classes: int, sample_shape: tuple[int, ...] | None = None) -> nn.Module:
+    return registry.family(arch).build(params, num_classes, sample_shape)
 
 
-def optimizer(model: tsm.TSM, train: recipe_mod.TrainConfig) -> torch.optim.Optimizer:
-    """No weight decay on biases and BatchNorm; the new head learns `head_lr_mult` faster (its bias twice
-    that, the reference's 5x/10x when fine-tuning)."""
+def optimizer(model: nn.Module, train: recipe_mod.TrainConfig, head: str = "new_fc") -> torch.optim.Optimizer:
+    """No weight decay on biases and norms; the head (`head`, the family card's) learns `head_lr_mult` faster
+    (its bias twice that, the TSM reference's 5x/10x when fine-tuning)."""
     groups: dict[str, list] = {"decay": [], "no_decay": [], "head_w": [], "head_b": []}
     for name, p in model.named_parameters():
-        if name.startswith("new_fc."):
+        if name.startswith(head + "."):
             groups["head_w" if name.endswith("weight") else "head_b"].append(p)
         else:
             groups["decay" if p.ndim > 1 else "no_decay"].append(p)
     m, wd = train.head_lr_mult, train.weight_decay
     spec = {"decay": (1.0, wd), "no_decay": (1.0, 0.0), "head_w": (m, wd), "head_b": (2 * m if m > 1 else m, 0.0)}
     param_groups = [{"params": ps, "lr_mult": spec[k][0], "weight_decay": spec[k][1]} for k, ps in groups.items() if ps]
-    lr = train.learning_rate
+    lr = recipe_mod.learning_rate_at(train, 0)
     if train.optimizer == "sgd":
         return torch.optim.SGD(param_groups, lr=lr, momentum=train.momentum)
     return (torch.optim.AdamW if wd else torch.optim.Adam)(param_groups, lr=lr)
@@ -253,45 +252,41 @@ def _set_rng_state(state: Mapping) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, model: tsm.TSM, params: tsm.TsmParams, opt: torch.optim.Optimizer,
-                    train: recipe_mod.TrainConfig, epoch: int) -> None:
-    state = {
-        "format": FORMAT, "arch": "tsm", "params": dataclasses.asdict(params), "num_classes": model.num_classes,
-        "model": model.state_dict(), "optimizer": opt.state_dict(),
-        "scheduler": {"schedule": train.schedule, "epoch": epoch,
-                      "lr": recipe_mod.learning_rate_at(train, max(epoch - 1, 0))},
-        "epoch": epoch, "rng": _rng_state(),
-    }
+def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer | None, state: dict) -> None:
+    """Model, optimizer, run state and RNG states in one file, renamed into place when complete."""
+    ck = {"format": FORMAT, "arch": state["arch"], "params": state["params"], "num_classes": state["num_classes"],
+          "model": model.state_dict(), "optimizer": opt.state_dict() if opt is not None else None,
+          "epoch": state.get("epoch", 0), "state": state, "rng": _rng_state()}
     with fsio.atomic_path(path, suffix=".pt") as tmp:
-        torch.save(state, tmp)
+        torch.save(ck, tmp)
 
 
-def load_checkpoint(path: Path, params: tsm.TsmParams | None = None) -> dict:
-    """A vidcli TSM training checkpoint, checked to be one and to fit `params` before anything is loaded."""
+def load_checkpoint(path: Path, rec: recipe_mod.Recipe | None = None, num_classes: int | None = None) -> dict:
+    """A vidcli training checkpoint, checked to be one and, with `rec`, to hold the model the recipe describes."""
     ck = read_checkpoint(path)
-    if not isinstance(ck, Mapping) or ck.get("format") != FORMAT:
+    if not isinstance(ck, Mapping) or ck.get("format") not in FORMATS:
         if isinstance(ck, Mapping) and ("state_dict" in ck or any(str(k).startswith(("base_model.", "module."))
                                                                   for k in ck)):
-            raise VidcliError(f"{path}: a TSM release or bare state_dict, not a vidcli training checkpoint; "
+            raise VidcliError(f"{path}: a release checkpoint or bare state_dict, not a vidcli training checkpoint; "
                               "give it as model.pretrained")
         arch = ck.get("arch") if isinstance(ck, Mapping) else None
-        raise VidcliError(f"{path}: not a vidcli TSM checkpoint" + (f" (arch {arch!r})" if arch else ""))
-    if ck.get("arch") != "tsm":
-        raise VidcliError(f"{path}: a checkpoint for arch {ck.get('arch')!r}, not 'tsm'")
-    if params is not None:
-        want = dataclasses.asdict(params)
-        diff = [f"{k}={ck['params'].get(k)!r} (recipe {want[k]!r})" for k in STRUCTURE
-                if ck["params"].get(k) != want[k]]
-        if diff:
-            raise VidcliError(f"{path}: trained with other model.params: {', '.join(diff)}")
+        raise VidcliError(f"{path}: not a vidcli PyTorch checkpoint" + (f" (arch {arch!r})" if arch else ""))
+    if rec is not None:
+        params = registry.plain_params(params_of(rec))
+        info = {"arch": ck.get("arch"), "params": ck.get("params"), "num_classes": ck.get("num_classes"),
+                "sample_shape": (ck.get("state") or {}).get("sample_shape")}  # what `_model_from` builds
+        engine_mod.check_model(info, rec.model.arch, params, num_classes or ck.get("num_classes"), str(path))
     return ck
 
 
-def _model_from(ck: dict) -> tsm.TSM:
-    fields = {f.name for f in dataclasses.fields(tsm.TsmParams)}
-    params = tsm.TsmParams(**{k: v for k, v in ck["params"].items() if k in fields})
-    params.pretrained = params.imagenet_init = None  # the checkpoint already holds every weight
-    model = tsm.build(params, int(ck["num_classes"]))
+def _model_from(ck: dict) -> nn.Module:
+    spec = registry.spec(ck["arch"])
+    fields = {f.name for f in dataclasses.fields(spec.params)}
+    params = spec.params(**{k: v for k, v in ck["params"].items() if k in fields})
+    for name in ("pretrained", "imagenet_init"):  # the checkpoint already holds every weight
+        if hasattr(params, name):
+            setattr(params, name, None)
+    model = build_model(ck["arch"], params, int(ck["num_classes"]))
     try:
         model.load_state_dict(ck["model"], strict=True)
     except RuntimeError as exc:
@@ -308,7 +303,8 @@ def class_weights(source: Source, mode: str) -> torch.Tensor | None:
 
 
 class _Trainer:
-    def __init__(self, run: Run, rec: recipe_mod.Recipe, train_src: Source, val_src: Source | None, comm: Comm):
+    def __init__(self, run: Run | None, rec: recipe_mod.Recipe, train_src: Source, val_src: Source | None,
+                 comm: Comm):
         self.run, self.rec, self.src, self.val_src, self.comm = run, rec, train_src, val_src, comm
         self.dev = comm.dev
         cuda = self.dev.type == "cuda"
@@ -324,8 +320,11 @@ class _Trainer:
         self.dataset = tdata.TrainClips(train_src, rec.train.seed, comm.rank, comm.world)
         cw = class_weights(train_src, rec.train.class_weights)
         self.cw = cw.to(self.dev) if cw is not None else None
+        self.spec = registry.spec(rec.model.arch)
+        self.card = self.spec.card(rec, train_src.classes, train_src.sample_shape)
+        self.engine: engine_mod.EpochEngine | None = None
 
-    def place(self, model: tsm.TSM) -> tsm.TSM:
+    def place(self, model: nn.Module) -> nn.Module:
         """On this rank's device, with SyncBatchNorm and channels-last when the recipe asks for them."""
         if self.rec.train.sync_bn:
             if self.comm.world == 1:
@@ -336,11 +335,11 @@ class _Trainer:
             else:
                 model = sync_batchnorm(model)
         model = model.to(self.dev)
-        if self.channels_last:  # TSM folds time into the batch: its convolutions all see (B*T, C, H, W)
+        if self.channels_last:  # 2D-CNN families fold time into the batch: convolutions see (B*T, C, H, W)
             model = model.to(memory_format=torch.channels_last)
         return model
 
-    def wrap(self, model: tsm.TSM) -> nn.Module:
+    def wrap(self, model: nn.Module) -> nn.Module:
         """DistributedDataParallel around `model` in a torchrun job; `model` itself otherwise."""
         if self.comm.world == 1:
             return model
@@ -348,17 +347,13 @@ class _Trainer:
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     def _count_failures(self, bad: list[tuple[int, str]]) -> None:
-        """Record failed clips (every rank records every rank's) and stop once over budget."""
-        src, rec = self.src, self.rec
+        """Record failed clips (every rank records every rank's)."""
         for i, err in bad:
-            if src.record_failure(i):
+            if self.src.record_failure(i):
                 self.comm.warn(f"skipping clip: {err}")
-        if len(src.failed) > rec.data.max_bad_fraction * len(src):
-            raise fail(f"{len(src.failed)} of {len(src)} training clips failed to decode "
-                       f"(more than data.max_bad_fraction={rec.data.max_bad_fraction}); stopping")
 
     def epoch(self, model: nn.Module, opt: torch.optim.Optimizer, epoch: int) -> dict:
-        rec, comm = self.rec, self.comm
+        rec, comm, eng = self.rec, self.comm, self.engine
         self.dataset.set_epoch(epoch)
         if comm.world > 1:  # dropout differs across ranks and a resumed run draws the same
             torch.manual_seed(int(np.random.default_rng([rec.train.seed, epoch, comm.rank]).integers(2**62)))
@@ -367,7 +362,9 @@ class _Trainer:
         total = correct = 0.0
         loss_sum = 0.0
         with comm.progress(len(loader), f"epoch {epoch + 1}/{rec.train.epochs}") as advance:
-            for clips, y, ok, idx, errors, real in loader:
+            for step, (clips, y, ok, idx, errors, real) in enumerate(loader):
+                if eng is not None:
+                    _set_lr(opt, eng.lr(epoch, step))
                 bad = [(i, err) for i, ok_i, real_i, err in zip(idx.tolist(), ok.tolist(), real.tolist(), errors,
                                                                strict=True) if real_i and not ok_i]
                 w = (ok & real).float().to(self.dev)
@@ -384,6 +381,8 @@ class _Trainer:
                 loss_sum += float(per.detach().sum())
                 correct += float(((logits.argmax(1) == y).float() * w).sum())
                 total += n
+                if eng is not None:
+                    eng.check_step(loss_sum / max(total, 1.0), len(self.src.failed), len(self.src))
                 advance(1)
         loss_sum, correct, total = comm.sum_floats([loss_sum, correct, total])
         return {"loss": loss_sum / max(total, 1.0), "accuracy": correct / max(total, 1.0)}
@@ -393,7 +392,7 @@ class _Trainer:
         """One optimisation step on uint8 clips (on any device): autocast, loss scaling, clipping.
         Returns the logits and the weighted per-clip losses; `count` is the loss denominator."""
         rec = self.rec
-        x = tdata.to_input(clips.to(self.dev), self.channels_last)
+        x = tdata.to_input(clips.to(self.dev), self.card, self.channels_last)
         with torch.autocast(self.dev.type, dtype=self.amp or torch.float16, enabled=self.amp is not None):
             logits = model(x)
         per = F.cross_entropy(logits.float(), y, weight=self.cw, reduction="none") * w
@@ -407,9 +406,9 @@ class _Trainer:
         self.scaler.update()
         return logits, per
 
-    def validate(self, model: tsm.TSM) -> dict:
+    def validate(self, model: nn.Module) -> dict:
         """Each rank scores every world-th validation clip with the bare model (rank 0's, the checkpoint's,
-        BatchNorm statistics); the sums are reduced."""
+        BatchNorm statistics) through the same loop `eval` uses; the sums are reduced."""
         comm, src = self.comm, self.val_src
         assert src is not None
         comm.share_buffers(model)
@@ -417,8 +416,11 @@ class _Trainer:
         sums, err = [0.0, 0.0], ""
         try:
             if len(mine):
-                logits = predict_source(model, src, self.rec.train.batch_size // comm.world, self.rec.data.workers,
-                                        indices=mine if comm.world > 1 else None, show_progress=comm.chief)
+                from vidcli.scoring import score
+
+                logits = score(BACKEND.forward(model, self.card), self.card, src,
+                               self.rec.train.batch_size // comm.world, self.rec.data.workers,
+                               indices=mine, show_progress=comm.chief)
                 lt, y = torch.from_numpy(logits), torch.from_numpy(src.labels[mine])
                 sums = [float(F.cross_entropy(lt, y, reduction="sum")), float((lt.argmax(1) == y).sum())]
         except VidcliError as exc:
@@ -431,193 +433,157 @@ class _Trainer:
         return {"val_loss": loss / len(src), "val_accuracy": correct / len(src)}
 
 
-def fit(run: Run, rec: recipe_mod.Recipe, train_src: Source, val_src: Source | None, resume: bool) -> dict:
-    """Train `run` (see the module notes for a torchrun job); the process group lives only inside."""
-    setup(rec.train)
-    params = params_of(rec)
-    comm = connect(rec.train)
-    try:
-        return _fit(run, rec, params, train_src, val_src, resume, comm)
-    finally:
-        disconnect(comm)
-
-
-def _fit(run: Run, rec: recipe_mod.Recipe, params: tsm.TsmParams, train_src: Source, val_src: Source | None,
-         resume: bool, comm: Comm) -> dict:
+def _fit(run: Run, rec: recipe_mod.Recipe, train_src: Source, val_src: Source | None, resume: bool,
+         comm: Comm) -> dict:
     tr = _Trainer(run, rec, train_src, val_src, comm)
+    num_classes = len(train_src.classes)
+    params = params_of(rec)
     last = run.file(LAST)
+    steps = -(-len(tr.dataset) // max(1, rec.train.batch_size // comm.world))
+    holder: dict[str, Any] = {}
+    info = {"arch": rec.model.arch, "params": registry.plain_params(params), "num_classes": num_classes,
+            "sample_shape": [int(v) for v in train_src.sample_shape]}
+    eng = engine_mod.EpochEngine(
+        run, rec, steps=steps, has_val=val_src is not None, suffix=".pt", model_info=info, chief=comm.chief,
+        say=comm.log, read_state=BACKEND.checkpoint_state,
+        save=lambda path, state: save_checkpoint(path, holder["model"], holder["opt"], state))
+    tr.engine = eng
     if resume and last.is_file():
-        ck = load_checkpoint(last, params)
+        ck = load_checkpoint(last, rec, num_classes)
         model = tr.place(_model_from(ck))
-        opt = optimizer(model, rec.train)
+        opt = optimizer(model, rec.train, tr.spec.head)
         try:
             opt.load_state_dict(ck["optimizer"])
-        except (ValueError, KeyError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             raise VidcliError(f"{last}: optimizer state does not fit train.optimizer={rec.train.optimizer} "
                               f"({exc})") from exc
         if comm.world == 1:  # a torchrun job reseeds every rank each epoch (`_Trainer.epoch`)
             _set_rng_state(ck["rng"])
-        first_epoch = int(ck["epoch"])
+        holder.update(model=model, opt=opt)
+        first_epoch = eng.begin(ck.get("state") or engine_mod.legacy_state(run, int(ck["epoch"])))
         comm.log(f"resuming {run.path} from epoch {first_epoch}")
     else:
-        model = tr.place(tsm.build(params, len(train_src.classes)))
-        opt = optimizer(model, rec.train)
-        first_epoch = 0
-    if first_epoch >= rec.train.epochs:
-        comm.log(f"{run.path}: all {rec.train.epochs} epochs already done")
-        return run.update_state(status="finished")
+        model = tr.place(BACKEND.build(rec, num_classes, train_src.sample_shape))
+        opt = optimizer(model, rec.train, tr.spec.head)
+        holder.update(model=model, opt=opt)
+        first_epoch = eng.begin(None)
+    if eng.all_done():
+        return eng.finish(len(train_src.failed))
     net = tr.wrap(model)
-    state = run.state
-    rows = [r for r in read_history(run) if r["epoch"] <= first_epoch]
-    monitor = rec.train.monitor if val_src is not None else rec.train.monitor.replace("val_", "")
-    best = state.get("best_score") if first_epoch else None
-    best_epoch = state.get("best_epoch", 0) if first_epoch else 0
-    run.update_state(status="training", params=sum(p.numel() for p in model.parameters()), device=str(tr.dev),
-                     world_size=comm.world)
-    epoch = first_epoch
+    if comm.chief:
+        run.update_state(status="training", params=sum(p.numel() for p in model.parameters()), device=str(tr.dev),
+                         world_size=comm.world)
     try:
         for epoch in range(first_epoch, rec.train.epochs):
-            lr = recipe_mod.learning_rate_at(rec.train, epoch)
-            _set_lr(opt, lr)
-            t0 = time.perf_counter()
-            row: dict[str, Any] = {"epoch": epoch + 1, **tr.epoch(net, opt, epoch)}
+            eng.begin_epoch(epoch)
+            metrics = tr.epoch(net, opt, epoch)
             if val_src is not None:
-                row.update(tr.validate(model))
-            row.update(lr=float(lr), seconds=round(time.perf_counter() - t0, 2))
-            rows.append(row)
-            if comm.chief:  # other ranks' run folders are scratch copies
-                save_checkpoint(last, model, params, opt, rec.train, epoch + 1)
-            score = row[monitor]
-            improved = best is None or (score < best if monitor.endswith("loss") else score > best)
-            if improved:
-                best, best_epoch = float(score), epoch + 1
-                if comm.chief:
-                    with fsio.atomic_path(run.file(BEST), suffix=".pt") as tmp:
-                        shutil.copyfile(last, tmp)
-            write_history(run, rows)
-            run.update_state(status="training", epochs_done=epoch + 1, best_score=best, best_epoch=best_epoch,
-                             monitor=monitor)
-            shown = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "seconds", "lr"))
-            comm.log(f"epoch {epoch + 1}/{rec.train.epochs}  {shown}  ({row['seconds']:.1f}s)"
-                     f"{'  *best*' if improved else ''}")
-            patience = rec.train.early_stopping
-            if comm.agree(bool(patience) and epoch + 1 - best_epoch >= patience):
-                comm.log(f"early stopping: no improvement in {monitor} for {patience} epochs")
+                metrics.update(tr.validate(model))
+            stop = eng.end_epoch(epoch, metrics)
+            if comm.agree(stop):
                 break
     except KeyboardInterrupt:
-        if not last.is_file():
-            save_checkpoint(last, model, params, opt, rec.train, epoch)
-        run.update_state(status="interrupted")
-        done = run.state.get("epochs_done", 0)
-        raise VidcliError(f"interrupted; {run.path} keeps its checkpoint after epoch {done}: resume with "
-                          f"`vidcli train --resume {run.path}`", exit_code=130) from None
+        raise eng.interrupted() from None
     except VidcliError:
-        run.update_state(status="failed")
+        eng.failed()
         raise
-    return run.update_state(status="finished", skipped_clips=len(train_src.failed))
+    return eng.finish(len(train_src.failed))
 
 
-@torch.no_grad()
-def predict_source(model: tsm.TSM, source: Source, batch_size: int, workers: int, clips: int = 1,
-                   crops: int = 1, indices: np.ndarray | None = None, show_progress: bool = True) -> np.ndarray:
-    """Logits (N, C), averaged over `clips` x `crops` views per video as the reference's test script does.
+class TorchBackend(Backend):
+    name = "torch"
+    suffix = ".pt"
 
-    `indices` scores only those clips (in that order).
-    """
-    model.eval()
-    dev = next(model.parameters()).device
-    out = []
-    loader = tdata.eval_loader(source, batch_size, workers, clips, crops, indices)
-    bar = progress(len(loader), "predict") if show_progress else contextlib.nullcontext(lambda n=1: None)
-    with bar as advance:
-        for x, _, err in loader:
-            if err:
-                raise VidcliError(err)
-            b, v = x.shape[:2]
-            logits = model(tdata.to_input(x.to(dev)).flatten(0, 1))
-            out.append(logits.float().reshape(b, v, -1).mean(1).cpu().numpy())
-            advance(1)
-    return np.concatenate(out).astype(np.float32)
+    def build(self, rec, num_classes, sample_shape):
+        params = params_of(rec)
+        model = build_model(rec.model.arch, params, num_classes, tuple(sample_shape))
+        registry.load_pretrained(rec, params, model)
+        return model
+
+    def load(self, path, rec, num_classes):
+        if not path.is_file():
+            raise VidcliError(f"{path}: checkpoint not found")
+        ck = load_checkpoint(path, rec, num_classes)
+        if int(ck["num_classes"]) != num_classes:
+            raise VidcliError(f"{path}: {ck['num_classes']} classes, but the run has {num_classes} labels")
+        return _model_from(ck).to(device()).eval()
+
+    def checkpoint_state(self, path):
+        ck = read_checkpoint(path)
+        return dict(ck.get("state") or {"epoch": ck.get("epoch")}) if isinstance(ck, Mapping) else {}
+
+    def save_untrained(self, path, rec, num_classes, sample_shape):
+        torch.manual_seed(rec.train.seed)
+        params = params_of(rec)
+        model = build_model(rec.model.arch, params, num_classes, tuple(sample_shape))
+        info = {"arch": rec.model.arch, "params": registry.plain_params(params), "num_classes": num_classes, "epoch": 0}
+        save_checkpoint(path, model, None, info)
+        return path
+
+    def fit(self, run, rec, train_src, val_src, resume):
+        setup(rec.train)
+        params_of(rec)
+        comm = connect(rec.train)
+        try:
+            return _fit(run, rec, train_src, val_src, resume, comm)
+        finally:
+            disconnect(comm)
+
+    def forward(self, model, card: ModelCard) -> Forward:
+        model.eval()
+        dev = next(model.parameters()).device
+
+        @torch.no_grad()
+        def run(batch: np.ndarray) -> np.ndarray:
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(dev)
+            return model(x).float().cpu().numpy()
+
+        return run
+
+    def export_onnx(self, model, sample, opset):
+        """ONNX bytes (dynamic batch) of the model on the CPU, traced on `sample`."""
+        model = model.cpu().eval()
+        x = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32))
+        with tempfile.TemporaryDirectory(prefix="vidcli-export-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            with torch.no_grad():
+                torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT],
+                                  output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+            return path.read_bytes()
+
+    def export_stream(self, model, card, opset) -> tuple[bytes, StreamSpec]:
+        return _stream_module(card.arch).stream_onnx(model, card, opset)
+
+    def stream(self, model, card) -> Stream:
+        return _stream_module(card.arch).TorchStream(model, card)
+
+    def device_of(self, model):
+        return str(next(model.parameters()).device)
+
+    def set_threads(self, n):
+        torch.set_num_threads(n)
+
+    def pipeline_batches(self, source, batch_size, workers, seed) -> Iterator[int]:
+        """Clips per batch of the training DataLoader (augmentation included, uint8 clips as the workers hand
+        them over), epoch after epoch, for as long as the caller reads. Clips that fail are warned about once."""
+        clips = tdata.TrainClips(source, seed)
+        epoch = 0
+        while True:
+            clips.set_epoch(epoch)
+            for batch in tdata.train_loader(clips, batch_size, workers):
+                _, labels, ok, idx, errors = batch[:5]
+                for i, ok_i, err in zip(idx.tolist(), ok.tolist(), errors, strict=True):
+                    if not ok_i and source.record_failure(i):
+                        warn(f"skipping clip: {err}")
+                yield len(labels)
+            epoch += 1
 
 
-def checkpoint_of(run: Run) -> Path:
-    return run.file(BEST) if run.file(BEST).is_file() else run.file(LAST)
+def _stream_module(arch: str):
+    spec = registry.spec(arch)
+    if spec.stream_module is None:
+        raise VidcliError(f"model.arch '{arch}' has no stream model")
+    return registry._import(spec.stream_module, f"model.arch '{arch}'")
 
 
-def load_for_run(run: Run) -> tsm.TSM:
-    path = checkpoint_of(run)
-    if not path.is_file():
-        raise VidcliError(f"{run.path}: no checkpoint (best.pt / last.pt); has it been trained?")
-    ck = load_checkpoint(path, params_of(run.recipe))
-    labels = run.labels
-    if int(ck["num_classes"]) != len(labels):
-        raise VidcliError(f"{path}: {ck['num_classes']} classes, but {run.path} has {len(labels)} labels")
-    return _model_from(ck).to(device()).eval()
-
-
-@torch.no_grad()
-def predict_batch(model: tsm.TSM, batch: np.ndarray) -> np.ndarray:
-    """Logits for an already normalised NTCHW float batch (the ONNX input layout)."""
-    model.eval()
-    dev = next(model.parameters()).device
-    return model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(dev)).float().cpu().numpy()
-
-
-def export_onnx(run: Run, sample: np.ndarray, opset: int) -> tuple[bytes, np.ndarray]:
-    """ONNX bytes (dynamic batch; the shift traces to slices + concat) and PyTorch's logits on `sample`."""
-    model = load_for_run(run).cpu().eval()
-    return onnx_bytes(model, sample, opset), predict_batch(model, sample)
-
-
-def onnx_bytes(model: tsm.TSM, sample: np.ndarray, opset: int) -> bytes:
-    x = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32))
-    with tempfile.TemporaryDirectory(prefix="vidcli-export-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        with torch.no_grad():
-            torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset, input_names=["clips"],
-                              output_names=["logits"], dynamic_axes={"clips": {0: "batch"}, "logits": {0: "batch"}})
-        return path.read_bytes()
-
-
-# -- benchmark support (`vidcli benchmark`) ----------------------------------------------------------
-
-
-def save_untrained(run: Run, rec: recipe_mod.Recipe, num_classes: int, sample_shape: tuple[int, ...]) -> Path:
-    """The recipe's TSM with random weights (seeded by train.seed) as the run's best checkpoint, so a recipe
-    is benchmarked through the same load and export path as a trained run. The caller clears the
-    pretrained settings; TSM takes any frame size, so `sample_shape` is not needed."""
-    torch.manual_seed(rec.train.seed)
-    params = params_of(rec)
-    model = tsm.build(params, num_classes)
-    save_checkpoint(run.file(BEST), model, params, optimizer(model, rec.train), rec.train, 0)
-    return run.file(BEST)
-
-
-def inference_fn(model: tsm.TSM, input_shape: tuple[int, ...]):
-    """What is timed: `predict_batch` (eval mode, no autograd, copies to and from the model's device)."""
-    model.eval()
-    return lambda batch: predict_batch(model, batch)
-
-
-def device_of(model: tsm.TSM) -> str:
-    return str(next(model.parameters()).device)
-
-
-def set_threads(n: int) -> None:
-    torch.set_num_threads(n)
-
-
-def pipeline_batches(source: Source, batch_size: int, workers: int, seed: int) -> Iterator[int]:
-    """Clips per batch of the training DataLoader (augmentation included, uint8 clips as the workers hand
-    them over), epoch after epoch, for as long as the caller reads. Clips that fail are warned about once."""
-    clips = tdata.TrainClips(source, seed)
-    epoch = 0
-    while True:
-        clips.set_epoch(epoch)
-        for batch in tdata.train_loader(clips, batch_size, workers):
-            _, labels, ok, idx, errors = batch[:5]
-            for i, ok_i, err in zip(idx.tolist(), ok.tolist(), errors, strict=True):
-                if not ok_i and source.record_failure(i):
-                    warn(f"skipping clip: {err}")
-            yield len(labels)
-        epoch += 1
+BACKEND = TorchBackend()

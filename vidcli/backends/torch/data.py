@@ -13,17 +13,12 @@ run's k-th batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from vidcli.datasets.source import Source
 from vidcli.errors import VidcliError
-
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 
 
 def epoch_plan(n: int, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -43,15 +38,16 @@ def shard(n: int, rank: int, world: int) -> tuple[np.ndarray, np.ndarray]:
     return positions % max(n, 1), positions < n
 
 
-def to_input(clips: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-    """uint8 (..., T, H, W, 3) -> float32 (..., T, 3, H, W), ImageNet-normalised like `exporting.preprocessing`.
+def to_input(clips: torch.Tensor, card, channels_last: bool = False) -> torch.Tensor:
+    """uint8 (..., T, H, W, C) -> float32 (..., T, C, H, W), normalised as the model card says (the same values
+    `ModelCard.preprocess` gives; the model takes this layout as well as the card's flattened one).
 
-    `channels_last` keeps the channels innermost in memory, so TSM's (B*T, 3, H, W) view of the clip is
+    `channels_last` keeps the channels innermost in memory, so a 2D CNN's (B*T, C, H, W) view of the clip is
     already a `torch.channels_last` tensor.
     """
-    x = clips.float().div_(255.0)
-    mean = torch.tensor(MEAN, dtype=x.dtype, device=x.device)
-    std = torch.tensor(STD, dtype=x.dtype, device=x.device)
+    x = clips.float().mul_(card.scale)
+    mean = torch.tensor(card.mean, dtype=x.dtype, device=x.device)
+    std = torch.tensor(card.std, dtype=x.dtype, device=x.device)
     x = ((x - mean) / std).movedim(-1, -3)
     return x if channels_last else x.contiguous()
 
@@ -87,39 +83,5 @@ class TrainClips(Dataset):
         return torch.from_numpy(np.ascontiguousarray(x)), int(self.source.labels[i]), ok, i, err, bool(self.real[k])
 
 
-class EvalClips(Dataset):
-    """Items (views uint8 (V, T, H, W, 3), label, error) in file order; errors travel as text, not tracebacks."""
-
-    def __init__(self, source: Source, clips: int = 1, crops: int = 1):
-        self.source, self.clips, self.crops = source, clips, crops
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, i: int):
-        try:
-            x, err = self.source.load_views(i, self.clips, self.crops), ""
-        except VidcliError as exc:
-            x, err = None, str(exc)
-        return x, int(self.source.labels[i]), err
-
-
-def _collate_eval(items):
-    errors = [e for _, _, e in items if e]
-    if errors:
-        return None, None, errors[0]
-    x = torch.from_numpy(np.stack([v for v, _, _ in items]))
-    return x, torch.tensor([y for _, y, _ in items]), ""
-
-
 def train_loader(ds: TrainClips, batch_size: int, workers: int) -> DataLoader:
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, drop_last=False)
-
-
-def eval_loader(source: Source, batch_size: int, workers: int, clips: int = 1, crops: int = 1,
-                indices: Sequence[int] | None = None) -> DataLoader:
-    """Clips in file order; `indices` picks a subset (a rank's share of the validation set)."""
-    ds: Dataset = EvalClips(source, clips, crops)
-    if indices is not None:
-        ds = Subset(ds, [int(i) for i in indices])
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate_eval)

@@ -179,9 +179,9 @@ class TSM(nn.Module):
         return self.frame_logits(x).mean(dim=1)
 
 
-def build(params: TsmParams, num_classes: int) -> TSM:
-    """A TSM from recipe params, initialised from `pretrained` (a TSM release, or the online demo's file for
-    `online`) or `imagenet_init` (ImageNet weights of the backbone) if given."""
+def build(params: TsmParams, num_classes: int, input_shape: tuple[int, ...] | None = None) -> TSM:
+    """A TSM from recipe params with fresh weights (`tsm_import.load_pretrained` fills them from `pretrained` or
+    `imagenet_init`). Any frame size fits: `input_shape` is accepted for the family contract and not needed."""
     validate(params)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise VidcliError(f"num_classes must be an integer >= 1, got {num_classes!r}")
@@ -199,10 +199,4 @@ def build(params: TsmParams, num_classes: int) -> TSM:
         backbone=params.backbone,
         online=params.online,
     )
-    from vidcli.backends.torch import tsm_import
-
-    if params.pretrained:
-        tsm_import.load_tsm_checkpoint(model, params.pretrained)
-    elif params.imagenet_init:
-        tsm_import.load_imagenet(model, params.imagenet_init)
     return model

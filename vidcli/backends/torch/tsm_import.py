@@ -238,3 +238,13 @@ def load_imagenet_mobilenet_v2(model: TSM | MobileNetV2, path: str | os.PathLike
 def load_imagenet(model: TSM, path: str | os.PathLike) -> None:
     """`model.params.imagenet_init`: the ImageNet weights of the model's backbone."""
     (load_imagenet_mobilenet_v2 if model.backbone == "mobilenet_v2" else load_imagenet_resnet50)(model, path)
+
+
+def load_pretrained(model: TSM, source: str | None, params) -> None:
+    """The family's weight import (`FamilySpec.loader`): a TSM release or the online demo file (`source`, from
+    model.pretrained or model.params.pretrained), else ImageNet backbone weights (`model.params.imagenet_init`)."""
+    source = source or params.pretrained
+    if source:
+        load_tsm_checkpoint(model, source)
+    elif params.imagenet_init:
+        load_imagenet(model, params.imagenet_init)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vidcli.backends.base import Stream
 from vidcli.backends.torch.mobilenet_v2 import InvertedResidual, block_inputs, shift_block_indices
 from vidcli.backends.torch.tsm import TSM
 from vidcli.errors import VidcliError
@@ -95,7 +96,7 @@ def stream_clip(model: TSM, clip: torch.Tensor) -> torch.Tensor:
     return torch.stack(out, dim=1)
 
 
-def stream_onnx(model: TSM, height: int, width: int, opset: int = 17) -> tuple[bytes, list[dict[str, Any]]]:
+def step_onnx(model: TSM, height: int, width: int, opset: int = 17) -> tuple[bytes, list[dict[str, Any]]]:
     """ONNX bytes of one stream step for (1, 3, height, width) normalised frames, and the states' specs:
     input `frame`, outputs `logits` then `buffer_i_next` for every input `buffer_i`."""
     step = stream_module(model)
@@ -116,3 +117,37 @@ def stream_onnx(model: TSM, height: int, width: int, opset: int = 17) -> tuple[b
     finally:
         model.train(was_training)
     return out.getvalue(), states
+
+
+# -- the family contract (`vidcli.backends.base`): stream export and the PyTorch stream runner ----------------
+
+
+def stream_onnx(model: TSM, card, opset: int = 17):
+    """(ONNX bytes, StreamSpec) of one stream step for frames of the card's size; logits are per frame."""
+    from vidcli.modelcard import StateSpec, StreamSpec
+
+    raw, states = step_onnx(model.cpu(), *card.size, opset)
+    specs = [StateSpec(s["name"], s["output"], tuple(s["shape"]), s["dtype"]) for s in states]
+    return raw, StreamSpec(FRAME_INPUT, "NCHW", specs, "per_frame")
+
+
+class TorchStream(Stream):
+    """An online TSM run by PyTorch frame by frame, its buffers carried between calls."""
+
+    frame_layout = "NCHW"
+    logits = "per_frame"
+
+    def __init__(self, model: TSM, card):
+        _require_online(model)
+        self.model = model.eval()
+        self.step_module = stream_module(model)
+        self.size = tuple(card.size)
+
+    def initial_states(self) -> list[torch.Tensor]:
+        return init_buffers(self.model, *self.size)
+
+    @torch.no_grad()
+    def step(self, frame, states):
+        device = next(self.model.parameters()).device
+        out = self.step_module(torch.from_numpy(frame).to(device), *states)
+        return out[0].float().cpu().numpy(), list(out[1:])
