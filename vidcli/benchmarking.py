@@ -16,7 +16,6 @@ from __future__ import annotations
 import difflib
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from vidcli import recipe as recipe_mod
 from vidcli.backends import registry
 from vidcli.console import log
 from vidcli.errors import VidcliError, fail
+from vidcli.modelcard import ModelCard
 
 FORMATS = ("keras", "torch", "onnx")
 DEVICES = ("auto", "cpu", "cuda")
@@ -47,9 +47,7 @@ class Target:
 
     source: str
     kind: str  # run | recipe | onnx
-    clip_shape: tuple[int, ...]  # one uint8 sample: (T, H, W, C), or (D, H, W, 1) for volumes
-    pre: dict
-    classes: list[str]
+    card: ModelCard
     arch: str | None = None
     rec: recipe_mod.Recipe | None = None
     run: runs.Run | None = None
@@ -65,10 +63,18 @@ class Target:
         return ["onnx"] if self.backend is None else [self.backend, "onnx"]
 
     @property
+    def classes(self) -> list[str]:
+        return self.card.labels
+
+    @property
+    def clip_shape(self) -> tuple[int, ...]:
+        """One uint8 sample: (T, H, W, C), or (D, H, W, 1) for volumes."""
+        return self.card.clip_shape
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
-        """One sample as the model takes it (NTCHW models get channels before height)."""
-        t, h, w, c = self.clip_shape
-        return (t, c, h, w) if self.pre["layout"] == "NTCHW" else self.clip_shape
+        """One sample as the model takes it (the card's layout)."""
+        return tuple(self.card.input_shape(1)[1:])
 
 
 # -- arguments --------------------------------------------------------------------------------------
@@ -138,24 +144,8 @@ def resolve(path: Path | None, runs_dir: Path = Path("runs"), overrides: list[st
 
 
 def _stream_error(where: str) -> VidcliError:
-    return VidcliError(f"{where}: a MoViNet stream model (one frame per call); benchmark times clip models only "
-                       "(benchmarks/bench_movinet.py times stream models per frame)")
-
-
-def clip_shape(rec: recipe_mod.Recipe, source=None) -> tuple[int, ...]:
-    """One uint8 sample as the data gives it; volumes take their size from the data when it is at hand,
-    else from data.synth or the MedMNIST file name (`<name>_<size>.npz`)."""
-    d = rec.data
-    if d.format != "volumes":
-        return (d.frames, *d.size, 3)
-    if source is not None:
-        return tuple(int(v) for v in source.sample_shape)
-    if d.synth is not None and d.synth.volumes:
-        return (d.synth.size,) * 3 + (1,)
-    m = re.search(r"_(\d+)\.npz$", Path(d.root).name)
-    if m:
-        return (int(m.group(1)),) * 3 + (1,)
-    raise VidcliError(f"data.root: {d.root} not found; a volumes model takes its input size from the data")
+    return VidcliError(f"{where}: a stream model (one frame per call); benchmark times clip models only "
+                       "(benchmarks/bench_movinet.py and bench_tsm_online.py time stream models per frame)")
 
 
 def _any_split(rec: recipe_mod.Recipe, classes: list[str] | None = None):
@@ -169,27 +159,24 @@ def _any_split(rec: recipe_mod.Recipe, classes: list[str] | None = None):
     return None
 
 
+def _check_clip_model(rec: recipe_mod.Recipe, where: str) -> None:
+    if registry.spec(rec.model.arch).is_stream(registry.check_recipe(rec)):
+        raise _stream_error(where)
+
+
 def _from_run(run: runs.Run) -> Target:
-    from vidcli.exporting import preprocessing
-    from vidcli.streaming import is_stream_recipe
+    from vidcli import models
 
     rec = run.recipe
-    labels = run.labels
-    if is_stream_recipe(rec):
-        raise _stream_error(str(run.path))
-    registry.backend_name(rec.model.arch)
-    source = _any_split(rec, labels) if rec.data.format == "volumes" else None
-    return Target(str(run.path), "run", clip_shape(rec, source), preprocessing(rec), labels, rec.model.arch, rec, run)
+    _check_clip_model(rec, str(run.path))
+    return Target(str(run.path), "run", models.run_card(run), rec.model.arch, rec, run)
 
 
 def _from_recipe(path: Path, overrides: list[str], classes: int | None) -> Target:
-    from vidcli.exporting import preprocessing
-    from vidcli.streaming import is_stream_recipe
+    from vidcli import models
 
     rec = recipe_mod.load(path, overrides)
-    registry.backend_name(rec.model.arch)
-    if is_stream_recipe(rec):
-        raise _stream_error(str(path))
+    _check_clip_model(rec, str(path))
     if classes is not None and classes < 1:
         raise VidcliError(f"--classes: must be at least 1, got {classes}")
     notes = []
@@ -206,26 +193,21 @@ def _from_recipe(path: Path, overrides: list[str], classes: int | None) -> Targe
     else:
         labels = [f"class_{i}" for i in range(DEFAULT_CLASSES)]
         notes.append(f"{len(labels)} classes (no data at {rec.data.root}; --classes N to change)")
-    return Target(str(path), "recipe", clip_shape(rec, source), preprocessing(rec), labels, rec.model.arch, rec,
-                  notes=notes)
+    card = registry.spec(rec.model.arch).card(rec, labels, models.sample_shape(rec, source))
+    return Target(str(path), "recipe", card, rec.model.arch, rec, notes=notes)
 
 
 def _from_onnx(path: Path) -> Target:
     import onnx
 
-    from vidcli.inference import _meta_info
-    from vidcli.streaming import STATES_KEY
-
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises protobuf's untyped errors for files that are not models
         raise VidcliError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from exc
-    meta = {p.key: p.value for p in proto.metadata_props}
-    if STATES_KEY in meta:
+    card = ModelCard.from_metadata({p.key: p.value for p in proto.metadata_props}, str(path))
+    if card.stream is not None:
         raise _stream_error(str(path))
-    info = _meta_info(meta, str(path))
-    return Target(str(path), "onnx", (info.frames, *info.size, info.channels), info.pre, list(info.labels),
-                  meta.get("arch"), onnx=path)
+    return Target(str(path), "onnx", card, card.arch or None, onnx=path)
 
 
 # -- timing -----------------------------------------------------------------------------------------
@@ -233,10 +215,8 @@ def _from_onnx(path: Path) -> Target:
 
 def model_input(target: Target, batch: int) -> np.ndarray:
     """Random uint8 clips, preprocessed into the model's float32 input; the same for every format."""
-    from vidcli.exporting import to_model_input
-
     clips = np.random.default_rng(SEED).integers(0, 256, (batch, *target.clip_shape), dtype=np.uint8)
-    return to_model_input(clips, target.pre)
+    return target.card.preprocess(clips)
 
 
 def time_calls(fn: Callable[[], Any], warmup: int, runs_: int, seconds: float | None) -> list[float]:
@@ -301,23 +281,36 @@ def onnx_session(path: Path, threads: int, device: str):
 
 
 def _untrained_run(target: Target, folder: Path) -> runs.Run:
+    from vidcli import models
+
     rec = target.rec
     run = runs.start(folder, rec, target.classes, target.backend)
+    models.write_card(run, target.card)
     log(f"building {rec.model.arch} with random weights ({len(target.classes)} classes, "
         f"input {'x'.join(map(str, target.input_shape))})")
-    registry.backend(rec.model.arch).save_untrained(run, rec, len(target.classes), target.clip_shape)
+    path = run.file(f"best{registry.SUFFIXES[target.backend]}")
+    registry.backend(rec.model.arch).save_untrained(path, rec, len(target.classes), target.clip_shape)
     return run
 
 
-def _export(run: runs.Run, x: np.ndarray, clip: tuple[int, ...], folder: Path) -> tuple[Path, np.ndarray]:
-    """The export-onnx code path (backend export + metadata) into a temporary file; and the framework's
-    logits on `x` (clips of uint8 shape `clip`, preprocessed), the reference ONNX is compared with."""
-    from vidcli.exporting import metadata, with_metadata
+def _load(run: runs.Run, target: Target):
+    backend = registry.backend(target.arch)
+    path = backend.checkpoint(run)
+    if not path.is_file():
+        raise VidcliError(f"{run.path}: no checkpoint ({path.name}); has it been trained?")
+    return backend, backend.load(path, target.rec, len(target.classes))
 
-    rec = run.recipe
-    log(f"exporting to ONNX (opset {rec.export.opset}, temporary file)")
-    raw, reference = registry.backend(rec.model.arch).export_onnx(run, x, rec.export.opset)
-    path = fsio.write_bytes(folder / "model.onnx", with_metadata(raw, metadata(run, clip)))
+
+def _export(run: runs.Run, target: Target, x: np.ndarray, folder: Path) -> tuple[Path, np.ndarray]:
+    """The export-onnx code path (backend export + model card) into a temporary file; and the framework's
+    logits on `x`, the reference ONNX is compared with."""
+    from vidcli.exporting import with_metadata
+
+    log(f"exporting to ONNX (opset {target.rec.export.opset}, temporary file)")
+    backend, model = _load(run, target)
+    raw = backend.export_onnx(model, x, target.rec.export.opset)
+    reference = backend.forward(model, target.card)(x)
+    path = fsio.write_bytes(folder / "model.onnx", with_metadata(raw, target.card.to_metadata()))
     return path, np.asarray(reference, np.float32)
 
 
@@ -339,7 +332,7 @@ def benchmark_models(target: Target, formats: list[str], batches: list[int], *, 
         run = _untrained_run(target, folder) if target.kind == "recipe" else target.run
         reference = None
         if "onnx" in formats:
-            path, reference = (target.onnx, None) if run is None else _export(run, x, target.clip_shape, folder)
+            path, reference = (target.onnx, None) if run is None else _export(run, target, x, folder)
             onnx_bytes = path.stat().st_size
         for fmt in formats:
             if fmt == "onnx":
@@ -349,10 +342,10 @@ def benchmark_models(target: Target, formats: list[str], batches: list[int], *, 
                 def call(b: int, s=session, n=name) -> np.ndarray:
                     return s.run(None, {n: x[:b]})[0]
             else:
-                model = backend.load_for_run(run)
+                backend, model = _load(run, target)
                 dev = backend.device_of(model)
                 _check_device(device, dev, fmt)
-                forward = backend.inference_fn(model, target.input_shape)
+                forward = backend.forward(model, target.card)
 
                 def call(b: int, f=forward) -> np.ndarray:
                     return f(x[:b])
@@ -365,7 +358,7 @@ def benchmark_models(target: Target, formats: list[str], batches: list[int], *, 
         "mode": "model",
         "model": {"source": target.source, "kind": target.kind, "arch": target.arch, "backend": target.backend,
                   "classes": len(target.classes), "clip_shape": list(target.clip_shape),
-                  "input_shape": list(target.input_shape), "layout": target.pre["layout"], "onnx_bytes": onnx_bytes,
+                  "input_shape": list(target.input_shape), "layout": target.card.layout, "onnx_bytes": onnx_bytes,
                   "tolerance": target.rec.export.tolerance if target.rec else None},
         "settings": {"formats": formats, "batches": batches, "warmup": warmup, "runs": None if seconds else runs_,
                      "seconds": seconds, "threads": threads, "device": device,

@@ -14,11 +14,18 @@ from rich.console import Console
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
+_quiet = {"on": False}
+
+
+def set_quiet(on: bool = True) -> None:
+    """--quiet: no log lines and no progress bars on stderr; warnings and errors still show."""
+    _quiet["on"] = on
 
 
 def log(message: str) -> None:
     """Plain text: paths and messages may contain brackets that Rich would read as markup."""
-    err.print(message, markup=False)
+    if not _quiet["on"]:
+        err.print(message, markup=False)
 
 
 def warn(message: str) -> None:
@@ -33,7 +40,7 @@ class Advance(Protocol):
 @contextlib.contextmanager
 def progress(total: int | None, description: str) -> Iterator[Advance]:
     """A Rich progress bar on stderr when it is a TTY; a no-op otherwise. Yields `advance(n=1)`."""
-    if not sys.stderr.isatty():
+    if _quiet["on"] or not sys.stderr.isatty():
         yield lambda n=1: None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

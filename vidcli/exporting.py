@@ -1,14 +1,14 @@
-"""`vidcli export-onnx`: an ONNX file that carries its labels and preprocessing, checked for parity.
+"""`vidcli export-onnx`: an ONNX file that carries its model card, checked for parity with the framework.
 
-The framework and ONNX Runtime run the same batch (real clips from the run's data when present);
-the file is written only when they agree within the tolerance, and the difference is printed
-either way.
+The framework and ONNX Runtime run the same input (real clips from the run's data when present); the file is
+written only when they agree within the tolerance, and the difference is printed either way. A stream model is
+exported as one step (frame and states in, logits and states out) and checked frame by frame.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,60 +16,8 @@ from vidcli import __version__, fsio
 from vidcli.backends import registry
 from vidcli.console import log
 from vidcli.errors import VidcliError, fail
+from vidcli.modelcard import ModelCard
 from vidcli.runs import Run
-
-
-def preprocessing(rec) -> dict:
-    """How raw uint8 frames become model input; stored in the ONNX metadata for `predict`."""
-    backend = registry.backend_name(rec.model.arch)
-    if backend == "torch":
-        return {"layout": "NTCHW", "scale": 1 / 255, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-    channels = 1 if rec.data.format == "volumes" else 3
-    return {"layout": "NTHWC", "scale": 1 / 255, "mean": [0.0] * channels, "std": [1.0] * channels}
-
-
-def metadata(run: Run, sample_shape: tuple[int, ...]) -> dict[str, str]:
-    rec = run.recipe
-    pre = preprocessing(rec)
-    return {
-        "labels": json.dumps(run.labels),
-        "input_kind": rec.data.format,
-        "frames": str(sample_shape[0]),
-        "frame_step": str(rec.data.frame_step),
-        "size": json.dumps(list(sample_shape[1:3])),
-        "channels": str(sample_shape[3]),
-        "sampling": "center" if rec.data.sampling == "step" else rec.data.sampling,
-        "flip": json.dumps(rec.data.flip),
-        "layout": pre["layout"],
-        "normalization": json.dumps({"scale": pre["scale"], "mean": pre["mean"], "std": pre["std"]}),
-        "arch": rec.model.arch,
-        "run": str(run.path),
-        "producer": f"vidcli {__version__}",
-    }
-
-
-def _sample(run: Run, batch: int = 2) -> tuple[np.ndarray, str]:
-    """A few real clips from the run's data, or random input of the right shape when none is at hand."""
-    from vidcli.datasets.source import open_source
-
-    rec = run.recipe
-    for split in ("test", "val", "train"):
-        try:
-            src = open_source(rec.data, split, run.labels)
-            clips = np.stack([src.load(i) for i in range(min(batch, len(src)))])
-            return clips, f"{split} clips"
-        except VidcliError:
-            continue
-    raise fail(f"{run.path}: no data found at {rec.data.root} to check the export against")
-
-
-def to_model_input(clips: np.ndarray, pre: dict) -> np.ndarray:
-    """uint8 (N, T, H, W, C) -> float32 model input as `pre` describes."""
-    x = clips.astype(np.float32) * np.float32(pre["scale"])
-    x = (x - np.asarray(pre["mean"], np.float32)) / np.asarray(pre["std"], np.float32)
-    if pre["layout"] == "NTCHW":
-        x = np.ascontiguousarray(x.transpose(0, 1, 4, 2, 3))
-    return x
 
 
 def with_metadata(raw: bytes, meta: dict[str, str]) -> bytes:
@@ -84,29 +32,101 @@ def with_metadata(raw: bytes, meta: dict[str, str]) -> bytes:
     return proto.SerializeToString()
 
 
-def export(run: Run, out: Path | None = None, opset: int | None = None) -> dict:
-    import onnxruntime as ort
+def sample_clips(rec: Any, labels: list[str], card: ModelCard, batch: int = 2) -> tuple[np.ndarray, str]:
+    """A few real clips from the recipe's data, or (no data at hand) seeded random frames of the card's shape."""
+    from vidcli.datasets.source import open_source
+
+    for split in ("test", "val", "train"):
+        try:
+            src = open_source(rec.data, split, labels)
+            return np.stack([src.load(i) for i in range(min(batch, len(src)))]), f"{split} clips"
+        except VidcliError:
+            continue
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (batch, *card.clip_shape), dtype=np.uint8), "random clips (no data found)"
+
+
+def export(run: Run, out: Path | None = None, opset: int | None = None, checkpoint: str = "best") -> dict:
+    """Export a run's `checkpoint` (best or last) to `out` (default RUN/model.onnx)."""
+    from vidcli import models
 
     rec = run.recipe
-    from vidcli import streaming
-
-    if streaming.is_stream_recipe(rec):
-        return streaming.export_stream(run, out, opset)
-    out = out or run.file("model.onnx")
-    clips, what = _sample(run)
-    pre = preprocessing(rec)
-    x = to_model_input(clips, pre)
+    labels = run.labels
+    opset = check_opset(opset or rec.export.opset, registry.backend_name(rec.model.arch))
     backend = registry.backend(rec.model.arch)
-    raw, reference = backend.export_onnx(run, x, opset or rec.export.opset)
-    meta = metadata(run, tuple(clips.shape[1:]))
-    data = with_metadata(raw, meta)
+    path = backend.checkpoint(run, checkpoint)
+    if not path.is_file():
+        raise VidcliError(f"{run.path}: no {path.name}; has it been trained?")
+    card = models.run_card(run)
+    model = backend.load(path, rec, len(labels))
+    epoch = backend.checkpoint_state(path).get("epoch")
+    card.extra = {"run": str(run.path), "producer": f"vidcli {__version__}", **models.fingerprint(path),
+                  **({"checkpoint_epoch": str(epoch)} if epoch else {})}
+    clips, what = sample_clips(rec, labels, card, batch=1 if _is_stream(rec) else 2)
+    return export_model(backend, model, card, clips, what, out or run.file("model.onnx"), opset, rec.export.tolerance,
+                        stream=_is_stream(rec))
+
+
+def _is_stream(rec: Any) -> bool:
+    return registry.spec(rec.model.arch).is_stream(registry.check_recipe(rec))
+
+
+def check_opset(opset: int, backend: str) -> int:
+    low, high = registry.OPSETS[backend]
+    if not low <= opset <= high:
+        raise VidcliError(f"opset {opset}: {backend} models export to ONNX opsets {low} to {high}")
+    return opset
+
+
+def export_model(backend, model, card: ModelCard, clips: np.ndarray, what: str, out: Path, opset: int,
+                 tolerance: float, stream: bool = False) -> dict:
+    """Export `model`, check it against the framework on `clips`, and write `out` only when they agree."""
+    if stream:
+        return _export_stream(backend, model, card, clips[:1], what, out, opset, tolerance)
+    import onnxruntime as ort
+
+    x = card.preprocess(clips)
+    reference = backend.forward(model, card)(x)
+    data = with_metadata(backend.export_onnx(model, x, opset), card.to_metadata())
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x})[0]
     diff = float(np.abs(got - reference).max())
-    tol = rec.export.tolerance
-    log(f"parity on {len(x)} {what}: max |framework - onnxruntime| = {diff:.3g} (tolerance {tol:g})")
-    if not diff <= tol:
-        raise fail(f"ONNX export differs from the framework by {diff:.3g} > {tol:g}; {out} not written")
+    log(f"parity on {len(x)} {what}: max |framework - onnxruntime| = {diff:.3g} (tolerance {tolerance:g})")
+    if not diff <= tolerance:
+        raise fail(f"ONNX export differs from the framework by {diff:.3g} > {tolerance:g}; {out} not written")
     fsio.write_bytes(out, data)
-    return {"path": str(out), "max_abs_diff": diff, "tolerance": tol, "opset": opset or rec.export.opset,
-            "metadata": meta, "bytes": len(data)}
+    return {"path": str(out), "max_abs_diff": diff, "tolerance": tolerance, "opset": opset,
+            "metadata": card.to_metadata(), "bytes": len(data)}
+
+
+class _FrameworkStream:
+    def __init__(self, stream, card: ModelCard):
+        self._stream, self.card = stream, card
+
+    def initial_states(self):
+        return self._stream.initial_states()
+
+    def step(self, frame, states):
+        return self._stream.step(frame, states)
+
+
+def _export_stream(backend, model, card: ModelCard, clip: np.ndarray, what: str, out: Path, opset: int,
+                   tolerance: float) -> dict:
+    """One stream step exported; parity frame by frame with states carried, on one clip."""
+    from vidcli.streaming import OnnxStream, clip_logits
+
+    raw, spec = backend.export_stream(model, card, opset)
+    card.stream = spec
+    data = with_metadata(raw, card.to_metadata())
+    reference = clip_logits(_FrameworkStream(backend.stream(model, card), card), clip[0])
+    with fsio.atomic_path(out, suffix=".onnx") as tmp:
+        tmp.write_bytes(data)
+        got = clip_logits(OnnxStream(tmp), clip[0])
+        diff = float(np.abs(got - reference).max())
+        log(f"stream parity on {len(clip[0])} frames of 1 of the {what}: max |framework - onnxruntime| = "
+            f"{diff:.3g} (tolerance {tolerance:g})")
+        if not diff <= tolerance:
+            raise fail(f"stream ONNX export differs from the framework by {diff:.3g} > {tolerance:g}; "
+                       f"{out} not written")
+    return {"path": str(out), "max_abs_diff": diff, "tolerance": tolerance, "opset": opset,
+            "metadata": card.to_metadata(), "bytes": len(data), "stream": True, "states": len(spec.states)}

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from vidcli.cli.common import QUIET
+
 
 def register(app: typer.Typer) -> None:
     @app.command("benchmark")
@@ -34,9 +36,18 @@ def register(app: typer.Typer) -> None:
                                     "recipe's data.workers)."),
         runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where to look for the newest run."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout instead of the table."),
+        quiet: bool = QUIET,
     ) -> None:
         """Time inference in every format a model has (median latency, clips/s, max |diff| to the framework),
-        or with --data the input pipeline."""
+        or with --data the input pipeline.
+
+        \b
+        Examples:
+          vidcli benchmark runs/quickstart/1
+          vidcli benchmark recipes/tsm_r50_kinetics.yaml --batch 1,8 --threads 1
+          vidcli benchmark model.onnx --device cuda --json
+          vidcli benchmark runs/quickstart/1 --data
+        """
         from vidcli import benchmarking
         from vidcli.errors import VidcliError
 

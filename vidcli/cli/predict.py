@@ -9,78 +9,113 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
+from vidcli.cli.common import QUIET, Split
+from vidcli.errors import BAD_INPUT, PARTIAL
+
+
+def _emit(result: dict, as_json: bool) -> None:
+    from vidcli.console import err, out
+
+    if "error" in result:
+        err.print(f"[bold red]error:[/bold red] {escape(result['error'])}", soft_wrap=True)
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
+    elif "top_k" in result:
+        out.print(f"[bold]{escape(result['source'])}[/bold]")
+        for item in result["top_k"]:
+            out.print(f"  {item['probability']:7.2%}  {escape(item['label'])}")
+
+
+def _sources(items: list[str]) -> list[Path]:
+    """Paths, folders and globs; `-` reads more paths from stdin, one per line."""
+    from vidcli import inference
+
+    expanded: list[str] = []
+    for item in items:
+        if item == "-":
+            expanded.extend(line.strip() for line in sys.stdin if line.strip())
+        else:
+            expanded.append(item)
+    if not expanded:
+        from vidcli.errors import VidcliError
+
+        raise VidcliError("no inputs: give video files, folders or globs, or - to read paths from stdin")
+    return inference.expand_sources(expanded)
+
 
 def register(app: typer.Typer) -> None:
     @app.command("predict")
     def predict(
-        sources: list[str] = typer.Argument(..., help="Video files, folders or globs (or .npy volumes, or an .npz "
-                                            "with --index)."),
-        model: Path = typer.Option(None, "--model", "-m", help="An .onnx file or a run folder (default: newest run)."),
+        sources: list[str] = typer.Argument(..., help="Video files, folders, globs, or - to read paths from stdin "
+                                            "(also .npy volumes, or an .npz with --index).", show_default=False),
+        model: Path = typer.Option(None, "--model", "-m", help="An .onnx file, a run folder (its model.onnx, else "
+                                   "its best checkpoint) or a checkpoint file (default: the newest finished run).",
+                                   show_default=False),
         top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many labels to show."),
         clips: int = typer.Option(1, "--clips", min=1, help="Average over N evenly spaced clips (long videos)."),
         runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where to look for the newest run."),
         as_json: bool = typer.Option(False, "--json", help="One JSON object per line on stdout."),
-        index: int = typer.Option(None, "--index", min=0, help="Volume N of an .npz data set (with --split)."),
-        split: str = typer.Option("test", "--split", help="The .npz split --index reads: train, val or test."),
-        stream: bool = typer.Option(
-            False, "--stream", help="Feed a MoViNet stream model one frame at a time (--json: one line per frame)."
-        ),
+        index: int = typer.Option(None, "--index", min=0, help="Volume N of an .npz data set (with --split).",
+                                  show_default=False),
+        split: Split = typer.Option("test", "--split", help="The .npz split --index reads."),
+        stream: bool = typer.Option(False, "--stream", help="Feed a stream model (MoViNet stream, online TSM) one "
+                                    "frame at a time (--json: one line per frame)."),
+        quiet: bool = QUIET,
     ) -> None:
-        """Classify clips. Exit code 2 if any input could not be read (the others are still reported)."""
-        from vidcli import inference
-        from vidcli.console import err, out
+        """Classify clips: the top-k labels of each input.
 
-        files = inference.expand_sources(sources)
+        Exit codes: 0 all inputs classified; 3 some inputs failed (every result is still printed); 2 bad
+        input (no input could be read, or a bad option); 1 the job failed.
+
+        \b
+        Examples:
+          vidcli predict clip.mp4
+          vidcli predict clips/ -m runs/quickstart/1/model.onnx --json
+          find videos -name '*.mp4' | vidcli predict - --json > predictions.jsonl
+          vidcli predict long_video.mp4 --clips 5 --top-k 3
+          vidcli predict clip.mp4 --stream -m runs/movinet_a0_stream/1/model.onnx
+          vidcli predict data/medmnist/organmnist3d_28.npz --index 5 --split test
+        """
+        from vidcli import models
+
+        files = _sources(sources)
+        choice = models.resolve(model, runs_dir)
+        models.announce(choice)
+        name = str(choice.path)
         if stream:
-            _predict_stream(files, model, runs_dir, top_k, as_json)
-            return
-        m = inference.resolve_model(model, runs_dir)
-        failures = 0
-        for result in inference.predict(m, files, top_k, clips, index, split):
-            if "error" in result:
-                failures += 1
-                err.print(f"[bold red]error:[/bold red] {escape(result['error'])}", soft_wrap=True)
-            if as_json:
-                sys.stdout.write(json.dumps(result) + "\n")
-                sys.stdout.flush()
-            elif "top_k" in result:
-                best = result["top_k"]
-                out.print(f"[bold]{escape(result['source'])}[/bold]")
-                for item in best:
-                    out.print(f"  {item['probability']:7.2%}  {escape(item['label'])}")
+            results = _stream_results(models.open_stream(choice), files, top_k, as_json, name)
+        else:
+            from vidcli import inference
+
+            results = inference.predict(models.open_model(choice), files, top_k, clips, index, split, name)
+        failures = total = 0
+        for result in results:
+            total += 1
+            failures += "error" in result
+            _emit(result, as_json)
         if failures:
-            raise typer.Exit(2)
+            raise typer.Exit(BAD_INPUT if failures == total else PARTIAL)
 
 
-def _predict_stream(files: list[Path], model: Path | None, runs_dir: Path, top_k: int, as_json: bool) -> None:
-    """Frame by frame: JSON lines on stdout, or a live top-1 on a terminal's stderr and the final top-k."""
+def _stream_results(m, files: list[Path], top_k: int, as_json: bool, name: str):
+    """Frame by frame: every line in --json, else a live top-1 on a terminal and the final top-k."""
     from vidcli import streaming
-    from vidcli.console import err, out
     from vidcli.errors import VidcliError
 
-    m = streaming.open_stream_model(model, runs_dir)
-    failures = 0
     for src in files:
         last = None
         try:
-            for last in streaming.predict_stream(m, src, top_k):
+            for last in streaming.predict_stream(m, src, top_k, name):
                 if as_json:
-                    sys.stdout.write(json.dumps(last) + "\n")
-                    sys.stdout.flush()
+                    yield last
                 else:
                     best = last["top_k"][0]
                     streaming.live(f"{src.name}  frame {last['frame']}  {best['probability']:6.1%}  {best['label']}")
         except VidcliError as exc:
-            failures += 1
             streaming.live(None)
-            err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)
-            if as_json:
-                sys.stdout.write(json.dumps({"source": str(src), "error": str(exc), "model": m.info.source}) + "\n")
+            yield {"source": str(src), "error": str(exc), "model": name}
             continue
         streaming.live(None)
         if not as_json and last is not None:
-            out.print(f"[bold]{last['source']}[/bold]  ({last['step'] + 1} frames streamed)")
-            for item in last["top_k"]:
-                out.print(f"  {item['probability']:7.2%}  {item['label']}")
-    if failures:
-        raise typer.Exit(2)
+            yield {**last, "source": f"{last['source']}  ({last['step'] + 1} frames streamed)"}

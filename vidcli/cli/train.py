@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from vidcli.cli.common import QUIET
+
 
 def register(app: typer.Typer) -> None:
     @app.command("train")
@@ -18,11 +20,20 @@ def register(app: typer.Typer) -> None:
         ),
         runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where run folders are made."),
         as_json: bool = typer.Option(False, "--json", help="Print the run's final state as JSON to stdout."),
+        quiet: bool = QUIET,
     ) -> None:
         """Train a model from a recipe into a new run folder runs/<name>/<n>.
 
         Several GPUs or machines: train.distribute for Keras models (mirrored; multi_worker with TF_CONFIG), \
-torchrun --nproc-per-node N -m vidcli train RECIPE for PyTorch models.
+torchrun --nproc-per-node N -m vidcli train RECIPE for PyTorch models. Exit codes: 0 done; 1 failed (e.g. the \
+loss became NaN); 2 bad recipe or data; 130 interrupted (resume with --resume).
+
+        \b
+        Examples:
+          vidcli train recipes/quickstart.yaml
+          vidcli train recipes/quickstart.yaml --set train.epochs=3 --set data.size=[64,64]
+          vidcli train --resume runs/quickstart/1 --set train.epochs=20
+          torchrun --nproc-per-node 2 -m vidcli train recipes/tsm_quickstart.yaml
         """
         from vidcli import training
 

@@ -64,11 +64,24 @@ class Source:
 
     def load_views(self, i: int, clips: int = 1, crops: int = 1) -> np.ndarray:
         """Test-time views of sample `i`, uint8 (clips * crops, T, H, W, 3), clip-major."""
-        if self.sampling == "step" or self.kind not in ("videos", "frames"):
-            if (clips, crops) == (1, 1):
-                return self.load(i)[None]
-            raise VidcliError("several clips/crops per video need data.sampling: segments or dense")
-        return self._segments(i, clips, crops, None)
+        problem = view_problem(self.kind, self.sampling, clips, crops)
+        if problem:
+            raise VidcliError(problem)
+        if self.sampling != "step" and self.kind != "volumes":
+            return self._segments(i, clips, crops, None)
+        if clips == 1:
+            return self.load(i)[None]
+        if self.kind == "videos":  # clips spread evenly from start to end, as `predict --clips` reads them
+            from vidcli.video.decode import read_clips
+
+            return read_clips(self.items[i], self.frames, self.frame_step, self.size, clips=clips, start="center")
+        from vidcli.datasets.frames import load_frames
+        from vidcli.video.decode import choose_starts, clip_span
+
+        n = int(self.extra["num_frames"][i])
+        starts = choose_starts(n, clip_span(self.frames, self.frame_step), clips, "center", None)
+        idx = np.minimum(np.asarray(starts)[:, None] + np.arange(self.frames) * self.frame_step, n - 1)
+        return load_frames(self.items[i], idx.ravel(), self.size).reshape(clips, self.frames, *self.size, 3)
 
     def _segments(self, i: int, clips: int, crops: int, rng: np.random.Generator | None) -> np.ndarray:
         n = int(self.extra["num_frames"][i]) if self.kind == "frames" else None
@@ -82,6 +95,22 @@ class Source:
             new = i not in self.failed
             self.failed.add(i)
             return new
+
+
+def view_problem(kind: str, sampling: str, clips: int, crops: int) -> str | None:
+    """Why `clips` x `crops` test-time views cannot be taken with this data, or None when they can."""
+    if clips < 1 or crops < 1:
+        return f"--clips and --crops must be >= 1, got {clips} and {crops}"
+    if (clips, crops) == (1, 1):
+        return None
+    if kind == "volumes":
+        return "--clips/--crops: a volume is used whole; there is one view of it"
+    if crops != 1 and sampling == "step":
+        return ("--crops: data.sampling step letterboxes the whole frame, so there is nothing to crop "
+                "(crops need sampling segments or dense)")
+    if crops not in CROPS:
+        return f"--crops must be one of {', '.join(map(str, CROPS))}, got {crops}"
+    return None
 
 
 def _class_subset(classes: list[str], wanted: list[str] | None) -> list[str]:

@@ -280,8 +280,22 @@ def _existing_matches(root: Path, manifest: dict, force: bool) -> bool:
         return False
     if force:
         raise VidcliError(f"{root}: holds files that are not a video dataset; not deleting it, even with --force")
-    why = "was made with other settings" if old is not None else f"is not a synthetic dataset (no {MANIFEST})"
+    why = f"was made with other settings ({differences(old, manifest)})" if old is not None \
+        else f"is not a synthetic dataset (no {MANIFEST})"
     raise VidcliError(f"{root}: already exists and {why}; pass --force to replace it or choose another --out")
+
+
+def differences(there: dict, asked: dict) -> str:
+    """'key: there X, asked Y' for every setting that differs between two manifests."""
+    keys = [k for k in asked if k not in ("clips", "version") and there.get(k) != json.loads(json.dumps(asked[k]))]
+    shown = [f"{k}: {_short(there.get(k))} there, {_short(asked[k])} asked" for k in keys]
+    return "; ".join(shown) or "another vidcli version"
+
+
+def _short(value) -> str:
+    if isinstance(value, list) and len(value) > 3 and all(isinstance(v, str) for v in value):
+        return f"{len(value)} ({', '.join(value[:2])}, ...)"
+    return json.dumps(value)
 
 
 def _only_videos(root: Path) -> bool:
@@ -430,7 +444,9 @@ def write_synth_volumes(
             log(f"synthetic volumes already in {npz} (same settings); nothing to do")
             return npz
         if not force:
-            raise VidcliError(f"{npz}: already exists with other settings or incomplete; pass --force to replace it")
+            old = _read_manifest(sidecar)
+            why = f"with other settings ({differences(old, meta)})" if isinstance(old, dict) else "incomplete"
+            raise VidcliError(f"{npz}: already exists {why}; pass --force to replace it")
 
     arrays: dict[str, np.ndarray] = {}
     total = classes * sum(counts.values())
