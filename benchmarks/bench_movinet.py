@@ -37,22 +37,24 @@ def _session(data: bytes, threads: int = 0):
 def stream_latency(model_id: str, size: int, frames: int) -> dict:
     import numpy as np
 
-    from vidcli import streaming
-    from vidcli.backends.keras import movinet
+    from vidcli.backends.keras import movinet, movinet_stream
+    from vidcli.modelcard import ModelCard
 
     model = movinet.build(movinet.MovinetParams(model_id=model_id, causal=True), 600, (None, size, size, 3))
+    card = ModelCard(labels=[str(i) for i in range(600)], frames=1, size=(size, size))
     t0 = time.perf_counter()
-    raw, specs = streaming.stream_onnx(model, size, size)
+    raw, spec = movinet_stream.stream_onnx(model, card)
+    specs = spec.states
     export_s = time.perf_counter() - t0
     frame = np.random.default_rng(0).random((1, 1, size, size, 3), dtype=np.float32)
-    wanted = [streaming.LOGITS, *(s.output for s in specs)]
+    wanted = ["logits", *(s.output for s in specs)]
     timings = {}
     for threads in (0, 1):  # ONNX Runtime's default pool (what predict uses), and one core as the reference quotes
         session = _session(raw, threads)
         state = {"values": {s.name: np.zeros(s.shape, dtype=s.dtype) for s in specs}}
 
         def step(session=session, state=state):
-            values = session.run(wanted, {streaming.FRAME_INPUT: frame, **state["values"]})
+            values = session.run(wanted, {spec.input: frame, **state["values"]})
             state["values"] = {s.name: v for s, v in zip(specs, values[1:], strict=True)}
 
         timings[threads] = common.summary(common.time_calls(step, frames, warmup=5))
@@ -100,7 +102,7 @@ def finetune_throughput(frames: int, size: int, batch: int, steps: int) -> dict:
     rec = recipe_mod.load(common.REPO / "recipes" / "movinet_a0.yaml")
     params = movinet.MovinetParams.from_mapping(rec.model.params)
     model = movinet.build(params, 10, (frames, size, size, 3))
-    backend._compile(model, rec.train)
+    backend.compile_model(model, rec.train)
     rng = np.random.default_rng(0)
     x = rng.random((batch, frames, size, size, 3), dtype=np.float32)
     y = rng.integers(0, 10, batch)

@@ -56,9 +56,9 @@ def _recipe(family: str, precision: str, quick: bool):
 
 
 def _shape(rec) -> tuple[int, ...]:
-    from vidcli.benchmarking import clip_shape
+    from vidcli.models import sample_shape
 
-    return clip_shape(rec)
+    return sample_shape(rec)
 
 
 def _keras(rec, steps: int, warmup: int) -> dict:
@@ -70,8 +70,8 @@ def _keras(rec, steps: int, warmup: int) -> dict:
 
     backend.setup(rec.train)
     shape = _shape(rec)
-    model = backend.build(rec, CLASSES, shape)
-    backend._compile(model, rec.train)
+    model = backend.BACKEND.build(rec, CLASSES, shape)
+    backend.compile_model(model, rec.train)
     bs = rec.train.batch_size
     rng = np.random.default_rng(0)
     x = tf.constant(rng.random((bs, *shape), dtype=np.float32))
@@ -100,14 +100,15 @@ def _torch(rec, steps: int, warmup: int) -> dict:
     class RandomClips:  # what the trainer reads of a Source when nothing is loaded from it
         classes = [str(i) for i in range(CLASSES)]
         labels = np.zeros(64, np.int64)
+        sample_shape = _shape(rec)
 
         def __len__(self) -> int:
             return len(self.labels)
 
     backend.setup(rec.train)
     tr = backend._Trainer(None, rec, RandomClips(), None, backend.Comm())
-    model = tr.place(backend.build(rec, CLASSES))
-    opt = backend.optimizer(model, rec.train)
+    model = tr.place(backend.BACKEND.build(rec, CLASSES, _shape(rec)))
+    opt = backend.optimizer(model, rec.train, tr.spec.head)
     model.train()
     bs = rec.train.batch_size
     gen = torch.Generator().manual_seed(0)

@@ -32,7 +32,7 @@ def inference(batch: int, quick: bool, repeat: int, threads: list[int] | None) -
     import onnxruntime as ort
     import torch
 
-    from vidcli.backends.torch.backend import onnx_bytes
+    from vidcli.backends.torch.backend import BACKEND
     from vidcli.backends.torch.tsm import TSM
 
     torch.manual_seed(0)
@@ -43,7 +43,7 @@ def inference(batch: int, quick: bool, repeat: int, threads: list[int] | None) -
     model.eval()
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     xt = torch.from_numpy(x)
-    data = onnx_bytes(model, x, 17)
+    data = BACKEND.export_onnx(model, x, 17)
     what = f"batch {batch} x {shape[1]}x{shape[3]}x{shape[4]}"
     metrics, details = [], {"shape": list(shape)}
     # Same thread count on both sides; on a busy machine OpenMP's spinning makes 2 threads far slower than 1.

@@ -57,7 +57,7 @@ def train_run(recipe: Path, overrides: list[str], runs_dir: Path):
 
 
 def epoch_seconds(run) -> list[float]:
-    from vidcli.backends.keras.backend import read_history
+    from vidcli.runs import read_history
 
     return [float(r["seconds"]) for r in read_history(run)]
 
@@ -66,13 +66,15 @@ def inference(run, split: str, batch: int, repeat: int) -> dict:
     """Samples/s of the Keras model and of its ONNX export (with the export's parity) on one split."""
     import onnxruntime as ort
 
-    from vidcli.backends.keras import backend
+    from vidcli import models
+    from vidcli.backends.keras.backend import BACKEND
     from vidcli.datasets.source import open_source
-    from vidcli.exporting import export, preprocessing, to_model_input
+    from vidcli.exporting import export
 
     src = open_source(run.recipe.data, split, run.labels)
-    x = to_model_input(np.stack([src.load(i) for i in range(len(src))]), preprocessing(run.recipe))
-    model = backend.load_for_run(run)
+    card = models.run_card(run)
+    x = card.preprocess(np.stack([src.load(i) for i in range(len(src))]))
+    model = BACKEND.load(BACKEND.checkpoint(run), run.recipe, len(run.labels))
 
     def batches(fn):
         for i in range(0, len(x), batch):

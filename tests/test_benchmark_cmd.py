@@ -17,6 +17,8 @@ from vidcli import benchmarking
 from vidcli import recipe as recipe_mod
 from vidcli.cli.main import app
 from vidcli.errors import VidcliError
+from vidcli.modelcard import ModelCard
+from vidcli.models import sample_shape
 
 runner = CliRunner()
 FAST = ["--runs", "2", "--warmup", "1"]
@@ -83,8 +85,8 @@ def test_parse_batches():
 def test_parse_formats_follows_the_model():
     def target(arch: str, kind: str = "run") -> benchmarking.Target:
         rec = recipe_mod.from_dict(recipe_mod.Recipe, {"name": "x", "model": {"arch": arch}})
-        return benchmarking.Target("m", kind, (4, 32, 32, 3), {"layout": "NTHWC"}, ["a"], arch,
-                                   rec if kind != "onnx" else None)
+        card = ModelCard(labels=["a"], frames=4, size=(32, 32))
+        return benchmarking.Target("m", kind, card, arch, rec if kind != "onnx" else None)
 
     keras, tsm, onnx = target("r2plus1d"), target("tsm"), target("r2plus1d", "onnx")
     assert benchmarking.parse_formats(None, keras) == ["keras", "onnx"]
@@ -120,11 +122,10 @@ def test_volume_shape_without_data(tmp_path):
         return recipe_mod.from_dict(recipe_mod.Recipe, {"name": "v", "data": {"format": "volumes", **data},
                                                         "model": {"arch": "vivit"}})
 
-    assert benchmarking.clip_shape(rec(root=str(tmp_path / "organmnist3d_64.npz"))) == (64, 64, 64, 1)
-    assert benchmarking.clip_shape(rec(root=str(tmp_path / "x.npz"), synth={"volumes": True, "size": 20})) == \
-        (20, 20, 20, 1)
+    assert sample_shape(rec(root=str(tmp_path / "organmnist3d_64.npz"))) == (64, 64, 64, 1)
+    assert sample_shape(rec(root=str(tmp_path / "x.npz"), synth={"volumes": True, "size": 20})) == (20, 20, 20, 1)
     with pytest.raises(VidcliError, match="data.root"):
-        benchmarking.clip_shape(rec(root=str(tmp_path / "x.npz")))
+        sample_shape(rec(root=str(tmp_path / "x.npz")))
 
 
 # --- models ---------------------------------------------------------------------------------------------
@@ -204,14 +205,14 @@ def test_tsm_recipe_in_torch_and_onnx(tmp_path, monkeypatch):
     assert "random weights: pretrained/not_there.pth is not loaded" in result.stderr
     doc = json.loads(result.stdout)
     m = doc["model"]
-    assert (m["arch"], m["backend"], m["classes"], m["layout"]) == ("tsm", "torch", 5, "NTCHW")
-    assert m["input_shape"] == [4, 3, 32, 32] and m["clip_shape"] == [4, 32, 32, 3]
+    assert (m["arch"], m["backend"], m["classes"], m["layout"]) == ("tsm", "torch", 5, "N(TC)HW")
+    assert m["input_shape"] == [12, 32, 32] and m["clip_shape"] == [4, 32, 32, 3]
     check_rows(doc, ["torch", "onnx"], [1, 2])
     assert [r["max_abs_diff"] for r in doc["rows"][:2]] == [0, 0]
     assert all(0 <= r["max_abs_diff"] < 1e-3 for r in doc["rows"][2:])
     # the temporary ONNX file carries what `export-onnx` would write
     assert (metadata["layout"], metadata["size"], metadata["channels"], metadata["frames"]) == \
-        ("NTCHW", "[32, 32]", "3", "4")
+        ("N(TC)HW", "[32, 32]", "3", "4")
     assert json.loads(metadata["labels"]) == [f"class_{i}" for i in range(5)] and metadata["arch"] == "tsm"
 
 

@@ -16,7 +16,7 @@ import tensorflow as tf
 from conftest import fixture_path
 
 from vidcli import fsio
-from vidcli.backends.keras import movinet
+from vidcli.backends.keras import movinet, movinet_import
 from vidcli.backends.keras.movinet import MovinetParams
 from vidcli.backends.keras.movinet_import import resolve_checkpoint
 from vidcli.errors import VidcliError
@@ -46,7 +46,7 @@ def cache(tmp_path_factory):
 def base(cache) -> keras.Model:
     params = MovinetParams()
     model = movinet.build(params, 600, SHAPE)
-    movinet.load_pretrained(model, tarball("base"), params)
+    movinet_import.load_pretrained(model, tarball("base"), params)
     return model
 
 
@@ -54,7 +54,7 @@ def base(cache) -> keras.Model:
 def stream(cache) -> keras.Model:
     params = MovinetParams(causal=True)
     model = movinet.build(params, 600, SHAPE)
-    movinet.load_pretrained(model, tarball("stream"), params)
+    movinet_import.load_pretrained(model, tarball("stream"), params)
     return model
 
 
@@ -177,7 +177,7 @@ def test_a0_stream_frame_by_frame_matches_reference(stream):
 def test_other_variant_is_refused_and_nothing_changes(base):
     before = [v.numpy().copy() for v in base.weights[:5]]
     with pytest.raises(VidcliError) as err:
-        movinet.load_pretrained(base, tarball("stream"), MovinetParams())
+        movinet_import.load_pretrained(base, tarball("stream"), MovinetParams())
     message = str(err.value)
     assert "checkpoint variables not in the model" in message
     assert "model variables not in the checkpoint" in message
@@ -198,7 +198,7 @@ def test_doctored_checkpoint_lists_each_problem(base, tmp_path):
     tensors["optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE"] = np.int64(7)
     folder = write_checkpoint(tmp_path / "doctored", tensors)
     with pytest.raises(VidcliError) as err:
-        movinet.load_pretrained(base, str(folder), MovinetParams())
+        movinet_import.load_pretrained(base, str(folder), MovinetParams())
     message = str(err.value)
     assert "layer_with_weights-3/_mobile_bottleneck/_rezero/scale" in message
     assert "_stem/_conv/kernel [1, 3, 3, 3, 16] vs [1, 3, 3, 3, 8]" in message
@@ -213,7 +213,7 @@ def test_classifier_head_with_other_class_count_is_left_alone(base, tmp_path, ca
     tensors[head + "bias/.ATTRIBUTES/VARIABLE_VALUE"] = np.ones(7, np.float32)
     classifier = base.classifier_head.classifier.kernel
     before = classifier.numpy().copy()
-    movinet.load_pretrained(base, str(write_checkpoint(tmp_path / "k7", tensors)), MovinetParams())
+    movinet_import.load_pretrained(base, str(write_checkpoint(tmp_path / "k7", tensors)), MovinetParams())
     np.testing.assert_array_equal(classifier.numpy(), before)
     assert "freshly initialised (7 classes in the checkpoint, 600 in the model)" in " ".join(
         capsys.readouterr().err.split()
@@ -298,7 +298,7 @@ def test_url_is_downloaded_then_loaded(base, tmp_path, monkeypatch):
     monkeypatch.setenv("VIDCLI_CACHE", str(tmp_path))
     payload = Path(tarball("base")).read_bytes()
     with FileServer({"/rel/movinet_a0_base.tar.gz": payload}) as server:
-        movinet.load_pretrained(base, server.url("/rel/movinet_a0_base.tar.gz"), MovinetParams())
+        movinet_import.load_pretrained(base, server.url("/rel/movinet_a0_base.tar.gz"), MovinetParams())
     assert (tmp_path / "movinet" / "downloads" / "movinet_a0_base.tar.gz").read_bytes() == payload
     ref = reference("base")
     np.testing.assert_allclose(base(ref["x"], training=False).numpy(), ref["logits"], rtol=0, atol=ATOL)
@@ -325,7 +325,7 @@ def test_keras_file_round_trip_keeps_outputs_and_streaming(stream, tmp_path):
 def test_transfer_learning_trains_only_the_head(cache, capsys):
     params = MovinetParams(freeze_backbone=True, dropout=0.2)
     model = movinet.build(params, 5, (4, 32, 32, 3))
-    movinet.load_pretrained(model, tarball("base"), params)
+    movinet_import.load_pretrained(model, tarball("base"), params)
     assert "classifier head left freshly initialised" in " ".join(capsys.readouterr().err.split())
     head = model.classifier_head
     assert {id(v) for v in model.trainable_weights} == {id(v) for v in head.weights}

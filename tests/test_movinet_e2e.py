@@ -38,17 +38,23 @@ def tiny_overrides(data: Path, variant: str, **extra: str) -> list[str]:
 # -- recipes and unfreezing (fast) -------------------------------------------------------------------
 
 
+def _streams(rec) -> bool:
+    from vidcli.backends import registry
+
+    return registry.spec(rec.model.arch).is_stream(registry.check_recipe(rec))
+
+
 def test_recipes_follow_the_tutorial():
     from vidcli.backends.keras.movinet import MovinetParams
 
     base = recipe_mod.load(REPO / "recipes" / "movinet_a0.yaml")
     assert (base.data.frames, base.data.frame_step, base.data.size) == (8, 15, (224, 224))
     assert (base.train.batch_size, base.train.epochs, base.train.learning_rate) == (8, 2, 1e-3)
-    assert base.model.pretrained == "movinet_a0_base" and not streaming.is_stream_recipe(base)
+    assert base.model.pretrained == "movinet_a0_base" and not _streams(base)
     params = MovinetParams.from_mapping(base.model.params)
     assert params.freeze_backbone and params.model_id == "a0" and params.dropout == 0.0 and not params.causal
     stream = recipe_mod.load(REPO / "recipes" / "movinet_a0_stream.yaml")
-    assert stream.model.pretrained == "movinet_a0_stream" and streaming.is_stream_recipe(stream)
+    assert stream.model.pretrained == "movinet_a0_stream" and _streams(stream)
     assert MovinetParams.from_mapping(stream.model.params).causal
 
 
@@ -93,12 +99,12 @@ def cache(tmp_path, monkeypatch) -> Path:
      ("a0", True, "base", "movinet a0 base checkpoint, the model is a0 stream")],
 )
 def test_checkpoint_of_another_model_names_the_mismatch(cache, model_id, causal, variant, said):
-    from vidcli.backends.keras import movinet
+    from vidcli.backends.keras import movinet, movinet_import
 
     params = movinet.MovinetParams(model_id=model_id, causal=causal)
     model = movinet.build(params, 3, (None, 32, 32, 3))
     with pytest.raises(VidcliError) as err:
-        movinet.load_pretrained(model, str(tarball(variant)), params)
+        movinet_import.load_pretrained(model, str(tarball(variant)), params)
     message = str(err.value)
     assert said in message and f"movinet_{model_id}_{'stream' if causal else 'base'}" in message
     assert message.count("\n") == 0
@@ -234,7 +240,7 @@ def test_stream_onnx_has_states_as_inputs_and_outputs(stream_run):
 
     proto = onnx.load(stream_run / "model.onnx")
     meta = {p.key: p.value for p in proto.metadata_props}
-    states = json.loads(meta[streaming.STATES_KEY])
+    states = json.loads(meta["stream_states"])
     expected = movinet.state_shapes(movinet.MovinetParams(causal=True), 1, 32, 32)
     assert {s["name"]: (tuple(s["shape"]), s["dtype"]) for s in states} == expected
     inputs = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input}
@@ -246,18 +252,17 @@ def test_stream_onnx_has_states_as_inputs_and_outputs(stream_run):
 
 @pytest.mark.slow
 def test_frame_by_frame_logits_equal_whole_clip_logits(stream_run, tiny_data):
+    from vidcli import models
     from vidcli.backends.keras.movinet import MovinetClassifier
-    from vidcli.exporting import to_model_input
-    from vidcli.runs import Run
 
     onnx_model = streaming.OnnxStream(stream_run / "model.onnx")
-    keras_model = streaming.KerasStream(Run.open(stream_run))
-    trained = keras_model.model  # built for 4-frame clips; the same weights in a model that takes any length:
+    keras_model = models.open_stream(models.resolve(stream_run, checkpoint="best"))  # Keras, frame by frame
+    trained = keras_model._stream.model  # built for 4-frame clips; the same weights in a model that takes any length:
     whole_clip = MovinetClassifier.from_config({**trained.get_config(), "clip_shape": (None, 32, 32, 3)})
     whole_clip.set_weights(trained.get_weights())
     clip = sorted((tiny_data / "test").rglob("*.avi"))[0]
     frames = np.stack([f for _, f in streaming.stream_frames(clip, (32, 32), 2)])
-    x = to_model_input(frames[None], onnx_model.info.pre)
+    x = onnx_model.card.preprocess(frames[None])
     states, kstates = onnx_model.initial_states(), keras_model.initial_states()
     for t in range(x.shape[1]):
         logits, states = onnx_model.step(x[:, t : t + 1], states)

@@ -11,12 +11,25 @@ import torch
 from conftest import fixture_path
 
 from vidcli.backends.torch.resnet import resnet50
-from vidcli.backends.torch.tsm import TSM, TemporalShift, TsmParams, build, temporal_shift
-from vidcli.backends.torch.tsm_import import load_imagenet_resnet50, load_tsm_checkpoint, load_tsm_state_dict
+from vidcli.backends.torch.tsm import TSM, TemporalShift, TsmParams, temporal_shift
+from vidcli.backends.torch.tsm import build as build_network
+from vidcli.backends.torch.tsm_import import (
+    load_imagenet_resnet50,
+    load_pretrained,
+    load_tsm_checkpoint,
+    load_tsm_state_dict,
+)
 from vidcli.errors import VidcliError
 
 CKPT_NAME = "TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e50.pth"
 ATOL = 1e-5
+
+
+def build(params: TsmParams, num_classes: int):
+    """The network plus the weights its params name, as the torch backend builds a recipe's model."""
+    model = build_network(params, num_classes)
+    load_pretrained(model, None, params)
+    return model
 
 
 @pytest.fixture(scope="module")

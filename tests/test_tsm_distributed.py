@@ -153,7 +153,8 @@ def test_sync_bn_without_torchrun_warns_and_changes_nothing(capsys) -> None:
 
 def test_channels_last_layout_gives_the_same_logits() -> None:
     clips = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 4, 32, 32, 3), dtype=np.uint8))
-    a, b = tdata.to_input(clips), tdata.to_input(clips, channels_last=True)
+    card = _trainer().card
+    a, b = tdata.to_input(clips, card), tdata.to_input(clips, card, channels_last=True)
     assert torch.equal(a, b) and a.is_contiguous()
     assert b.reshape(-1, 3, 32, 32).is_contiguous(memory_format=torch.channels_last)  # TSM's per-frame view
     model = _tiny_tsm().eval()
@@ -242,6 +243,7 @@ torch.set_num_threads(1)
 from vidcli import recipe as recipe_mod
 from vidcli.backends.torch import backend, tsm
 from vidcli.datasets.source import Source
+from vidcli.engine import check_budget
 from vidcli.errors import VidcliError
 
 rec = recipe_mod.from_dict(recipe_mod.Recipe, {{"name": "t", "data": {{"frames": 4, "max_bad_fraction": 0.1}},
@@ -256,6 +258,7 @@ tr._count_failures(comm.gather([(3, "bad 3")] if comm.rank else []))
 out["failed"] = sorted(src.failed)
 try:
     tr._count_failures(comm.gather([(5, "bad 5")] if comm.rank == 0 else []))
+    check_budget(len(src.failed), len(src), rec.data.max_bad_fraction)  # what the epoch engine checks per step
 except VidcliError as exc:
     out["budget"] = str(exc)
 model = tr.place(tsm.build(tsm.TsmParams(**{tiny!r}), 3))

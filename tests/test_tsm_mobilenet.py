@@ -15,9 +15,10 @@ from conftest import fixture_path
 from vidcli import recipe
 from vidcli.backends import registry
 from vidcli.backends.torch.mobilenet_v2 import MobileNetV2, block_inputs, shift_block_indices
-from vidcli.backends.torch.tsm import TSM, build, causal_shift
-from vidcli.backends.torch.tsm_import import head_classes, load_tsm_checkpoint, load_tsm_state_dict
-from vidcli.backends.torch.tsm_online import buffer_shapes, stream_clip, stream_module, stream_onnx
+from vidcli.backends.torch.tsm import TSM, causal_shift
+from vidcli.backends.torch.tsm import build as build_network
+from vidcli.backends.torch.tsm_import import head_classes, load_pretrained, load_tsm_checkpoint, load_tsm_state_dict
+from vidcli.backends.torch.tsm_online import buffer_shapes, step_onnx, stream_clip, stream_module
 from vidcli.errors import VidcliError
 from vidcli.families.tsm import TsmParams, parse_release_name
 
@@ -28,6 +29,13 @@ OFFLINE = "TSM_kinetics_RGB_mobilenetv2_shift8_blockres_avg_segment8_e100_dense"
 ONLINE = "mobilenetv2_jester_online"
 SHIFTED = [3, 5, 6, 8, 9, 10, 12, 13, 15, 16]
 ATOL = 1e-5
+
+
+def build(params: TsmParams, num_classes: int):
+    """The network plus the weights its params name, as the torch backend builds a recipe's model."""
+    model = build_network(params, num_classes)
+    load_pretrained(model, None, params)
+    return model
 
 
 def mbv2(classes: int, segments: int = 8, online: bool = False, **kw) -> TSM:
@@ -458,7 +466,7 @@ def test_stream_onnx_matches_torch_frame_by_frame() -> None:
 
     torch.manual_seed(0)
     model = randomise(mbv2(6, online=True), seed=0).eval()
-    data, states = stream_onnx(model, 48, 64)
+    data, states = step_onnx(model, 48, 64)
     assert states[0] == {"name": "buffer_0", "output": "buffer_0_next", "shape": [1, 3, 12, 16], "dtype": "float32"}
     assert [s["shape"] for s in states] == [list(s) for s in buffer_shapes(model, 48, 64)]
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])

@@ -18,8 +18,8 @@ import torch
 from conftest import VIDEOS, fixture_path, write_recipe
 from typer.testing import CliRunner
 
+from vidcli import models, training
 from vidcli import recipe as recipe_mod
-from vidcli import training
 from vidcli.backends.torch import backend
 from vidcli.backends.torch import data as tdata
 from vidcli.cli.main import app
@@ -173,7 +173,8 @@ def test_training_writes_history_state_and_checkpoints(tsm_run: Path) -> None:
     assert [float(r.split(",")[5]) for r in rows] == pytest.approx([0.01, 0.001])  # step schedule at epoch 1
     ck = torch.load(run.file("last.pt"), map_location="cpu", weights_only=True)
     assert ck["epoch"] == 2 and ck["format"] == backend.FORMAT and ck["params"]["width"] == 8
-    assert {"optimizer", "scheduler", "rng"} <= set(ck) and set(ck["rng"]) >= {"torch", "numpy", "python"}
+    assert {"optimizer", "state", "rng"} <= set(ck) and set(ck["rng"]) >= {"torch", "numpy", "python"}
+    assert ck["state"]["epoch"] == 2 and len(ck["state"]["history"]) == 2  # the run's state travels inside
     lrs = sorted({g["lr_mult"] for g in ck["optimizer"]["param_groups"]})
     assert lrs == [1.0, 5.0, 10.0]  # backbone, head weight, head bias
     assert run.file("training_curves.png").is_file()
@@ -217,7 +218,7 @@ def test_ctrl_c_leaves_a_resumable_run(tiny_data: Path, tmp_path: Path, monkeypa
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_bad_checkpoints_are_named(tsm_run: Path, tmp_path: Path) -> None:
-    params = backend.params_of(Run.open(tsm_run).recipe)
+    params = Run.open(tsm_run).recipe
     not_ckpt = tmp_path / "object.pt"
     not_ckpt.write_bytes(pickle.dumps({"model": Path("x")}))
     with pytest.raises(VidcliError, match="object.pt: "):
@@ -239,7 +240,7 @@ def test_bad_checkpoints_are_named(tsm_run: Path, tmp_path: Path) -> None:
     rec = recipe_mod.from_dict(recipe_mod.Recipe, {"name": "x", "data": {"frames": 8},
                                                      "model": {"arch": "tsm", "pretrained": str(mobilenet)}})
     with pytest.raises(VidcliError, match="arch 'mobilenetv2'"):
-        backend.build(rec, 3)
+        backend.BACKEND.build(rec, 3, (8, 32, 32, 3))
 
 
 @pytest.mark.slow
@@ -247,7 +248,7 @@ def test_pretrained_kinetics_checkpoint_fine_tunes_to_new_classes() -> None:
     ckpt = fixture_path(*FIXTURE_CKPT)
     rec = recipe_mod.load(Path(__file__).resolve().parents[1] / "recipes" / "tsm_r50_kinetics.yaml",
                           [f"model.pretrained={ckpt}"])
-    model = backend.build(rec, 5)
+    model = backend.BACKEND.build(rec, 5, (8, 224, 224, 3))
     assert model.new_fc.out_features == 5 and model.partial_bn
     ref = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     key = "base_model.layer1.0.conv1.net.weight"
@@ -289,14 +290,17 @@ def test_export_is_pure_slices_with_dynamic_batch_and_predict_needs_no_torch(tsm
         arr = onnx.numpy_helper.to_array(init)
         assert not (arr.size >= 64 and not arr.any()), f"zero constant {init.name} {arr.shape}"
     session = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal((3, 4, 3, 32, 32)).astype(np.float32)
-    model = backend.load_for_run(Run.open(run))
-    np.testing.assert_allclose(session.run(None, {"clips": x})[0], backend.predict_batch(model, x), atol=1e-4)
+    assert [i.name for i in session.get_inputs()] == ["video"] and session.get_outputs()[0].name == "logits"
+    x = np.random.default_rng(0).standard_normal((3, 4 * 3, 32, 32)).astype(np.float32)  # TSN's (N, T*C, H, W)
+    r = Run.open(run)
+    model = backend.BACKEND.load(r.file("best.pt"), r.recipe, len(r.labels))
+    card = models.run_card(r)
+    np.testing.assert_allclose(session.run(None, {"video": x})[0], backend.BACKEND.forward(model, card)(x), atol=1e-4)
 
     clip = sorted((Path(Run.open(run).recipe.data.root) / "test").rglob("*.avi"))[0]
     code = (
-        "import sys, json; from pathlib import Path; from vidcli import inference\n"
-        f"m = inference.resolve_model(Path({str(run / 'model.onnx')!r}))\n"
+        "import sys, json; from pathlib import Path; from vidcli import inference, models\n"
+        f"m = models.open_model(models.resolve(Path({str(run / 'model.onnx')!r})))\n"
         f"r = list(inference.predict(m, [Path({str(clip)!r})], 2, clips=2))[0]\n"
         "print(json.dumps({'torch': 'torch' in sys.modules, 'clips': r['clips'], 'k': len(r['top_k'])}))\n"
     )
@@ -306,15 +310,14 @@ def test_export_is_pure_slices_with_dynamic_batch_and_predict_needs_no_torch(tsm
 
     # Same sampling as training: ONNX on predict's input equals PyTorch on the evaluation pipeline's views.
     from vidcli import inference
-    from vidcli.exporting import to_model_input
 
     onnx_model = inference.OnnxModel(run / "model.onnx")
-    x = to_model_input(inference.load_input(clip, onnx_model.info, 1), onnx_model.info.pre)
+    x = onnx_model.card.preprocess(inference.load_input(clip, onnx_model.card, 1))
     rec = Run.open(run).recipe
     src = open_source(rec.data, "test", Run.open(run).labels)
     i = [str(p) for p in src.items].index(str(clip))
-    ref = tdata.to_input(torch.from_numpy(src.load_views(i))).numpy()
-    np.testing.assert_allclose(x, ref, atol=1e-5)
+    ref = tdata.to_input(torch.from_numpy(src.load_views(i)), onnx_model.card).numpy()  # training's input
+    np.testing.assert_allclose(x, ref.reshape(x.shape), atol=1e-5)
 
 
 def test_num_segments_must_match_frames(tiny_data: Path, tmp_path: Path) -> None:

@@ -127,7 +127,7 @@ def test_predict_index_into_an_npz_split(volumes, model):
     ("args", "message"),
     [
         (["--index", "9"], r"--index 9 is out of range; test_images holds 9 volumes"),
-        (["--index", "0", "--split", "holdout"], r"no split 'holdout' \(key 'holdout_images' missing"),
+        (["--index", "0", "--split", "holdout"], r"Invalid value for '--split'.*'holdout' is not one of"),
         ([], r"--index picks a volume from an \.npz file"),
     ],
 )
