@@ -14,15 +14,34 @@ from rich.console import Console
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
+_state = {"quiet": False}
+
+
+@contextlib.contextmanager
+def quiet(enabled: bool = True) -> Iterator[None]:
+    """`--quiet`: no log lines, warnings or progress bars in the block; `error` lines still print."""
+    was, _state["quiet"] = _state["quiet"], enabled or _state["quiet"]
+    try:
+        yield
+    finally:
+        _state["quiet"] = was
 
 
 def log(message: str) -> None:
     """Plain text: paths and messages may contain brackets that Rich would read as markup."""
-    err.print(message, markup=False)
+    if not _state["quiet"]:
+        err.print(message, markup=False)
 
 
 def warn(message: str) -> None:
-    err.print("warning: ", style="yellow", end="", markup=False)
+    if not _state["quiet"]:
+        err.print("warning: ", style="yellow", end="", markup=False)
+        err.print(message, markup=False)
+
+
+def error(message: str) -> None:
+    """One failed input among many (the run goes on); never silenced."""
+    err.print("error: ", style="bold red", end="", markup=False)
     err.print(message, markup=False)
 
 
@@ -33,7 +52,7 @@ class Advance(Protocol):
 @contextlib.contextmanager
 def progress(total: int | None, description: str) -> Iterator[Advance]:
     """A Rich progress bar on stderr when it is a TTY; a no-op otherwise. Yields `advance(n=1)`."""
-    if not sys.stderr.isatty():
+    if _state["quiet"] or not sys.stderr.isatty():
         yield lambda n=1: None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
