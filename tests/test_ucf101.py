@@ -523,3 +523,16 @@ def test_full_disk_stops_the_fetch_with_one_line(server, tmp_path, monkeypatch):
     with pytest.raises(VidcliError, match="cannot") as err:
         _fetch(blocker / "ucf", server.url(ZIP_PATH))
     assert err.value.exit_code == 1
+
+
+def test_clips_that_cannot_be_moved_are_one_line(server, tmp_path, monkeypatch):
+    out = tmp_path / "ucf"
+    _fetch(out, server.url(ZIP_PATH), seed=0)
+
+    def denied(src, dst):
+        raise PermissionError(13, "Permission denied", str(src))
+
+    monkeypatch.setattr(ucf101.os, "replace", denied)
+    with pytest.raises(VidcliError, match="Permission denied") as err:
+        _fetch(out, server.url(ZIP_PATH), seed=5)
+    assert err.value.exit_code == 1 and "\n" not in str(err.value)

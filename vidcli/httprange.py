@@ -99,7 +99,7 @@ class Remote:
         """A 206 for exactly bytes start..end (of a file of `size` bytes, when known)."""
         response = self.request("GET", {"Range": f"bytes={start}-{end}"}, allow=(416,))
         code, span = response.status_code, content_range(response)
-        if code == 206 and span is not None and span[:2] == (start, end) and span[2] in (None, size or span[2]):
+        if code == 206 and span is not None and span[:2] == (start, end) and (size is None or span[2] in (None, size)):
             return response
         response.close()
         if code == 416:

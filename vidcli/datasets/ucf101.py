@@ -129,8 +129,8 @@ class _Zip:
 
     def block(self, start: int, end: int) -> bytes:
         if (start, end) not in self._blocks:
-            read = lambda: self.remote.read(start, end, self.size)  # noqa: E731
-            self._blocks[start, end] = self.remote.retry(read, f"reading the zip directory of {self.url}")
+            what = f"reading the zip directory of {self.url}"
+            self._blocks[start, end] = self.remote.retry(lambda: self.remote.read(start, end, self.size), what)
         return self._blocks[start, end]
 
     def this_thread(self) -> remotezip.RemoteZip:
@@ -337,6 +337,8 @@ def fetch_ucf101(
         stats = _settle_all(zip_, out, plan, misplaced, workers)
         stats["removed"] = sum(_unlink(p) for paths in [*misplaced.values(), unwanted] for p in paths)
         _remove_empty_folders(out)
+    except OSError as exc:  # listing, moving or sweeping clips under OUT (fsio reports its own writes)
+        raise fail(f"cannot update {exc.filename or out}: {exc.strerror or exc}") from exc
     finally:
         zip_.close()
     manifest = _manifest(directory, chosen, split, split_by, seed, plan)
@@ -446,8 +448,8 @@ def _settle(zip_: _Zip, clip: Clip, dest: Path, candidates: list[Path], stop: th
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, dest)
             return "moved", 0
-    fetch = lambda: _download_member(zip_, member, dest, stop)  # noqa: E731
-    return "fetched", zip_.remote.retry(fetch, f"fetching {member.filename}")
+    what = f"fetching {member.filename}"
+    return "fetched", zip_.remote.retry(lambda: _download_member(zip_, member, dest, stop), what)
 
 
 def _matches(path: Path, member: zipfile.ZipInfo) -> bool:
