@@ -18,8 +18,6 @@ from typing import BinaryIO
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-import requests
-
 from vidcli import console, fsio, httprange
 from vidcli.errors import VidcliError, fail
 
@@ -150,20 +148,20 @@ def _fetch(url: str, dest: Path, expected: dict[str, str], label: str, timeout: 
 def _stream(remote: httprange.Remote, partial: Path, meta: Path, label: str) -> bool:
     """Bring `partial` to the full size of the URL; True when it continued earlier bytes."""
     offset, known = _resume_state(partial, meta, remote.url)
-    response = _get(remote, offset, known)
+    response = remote.resume(offset, known.get("etag"))
     if response.status_code == 416:
         response.close()
         total = re.fullmatch(r"bytes \*/(\d+)", response.headers.get("Content-Range", "").strip())
         if total and int(total.group(1)) == offset == known.get("size"):
             return True
         offset, known = 0, {}
-        response = _get(remote, 0, known)
+        response = remote.resume(0)
     if response.status_code == 206:
         span = httprange.content_range(response)
         if span is None or span[0] != offset or known.get("size") not in (None, span[2]):
             response.close()
             offset, known = 0, {}
-            response = _get(remote, 0, known)
+            response = remote.resume(0)
     if response.status_code != 206:
         offset = 0
     length = response.headers.get("Content-Length", "")
@@ -196,15 +194,6 @@ def _read(body: httprange.Body, received: int, total: int | None) -> bytes:
         return body.read(CHUNK, some=True)
     except httprange.Transient as exc:
         raise httprange.Transient(f"interrupted at {received} of {total or '?'} bytes ({exc})") from exc
-
-
-def _get(remote: httprange.Remote, offset: int, known: dict) -> requests.Response:
-    headers = {}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-        if known.get("etag"):
-            headers["If-Range"] = known["etag"]
-    return remote.request("GET", headers, allow=(416,) if offset else ())
 
 
 def _resume_state(partial: Path, meta: Path, url: str) -> tuple[int, dict]:

@@ -111,6 +111,12 @@ class Remote:
             problem = f"the server answered a Range request for bytes {start}-{end} with {got}"
         raise fail(f"{self.url}: {problem}")
 
+    def resume(self, offset: int, etag: str | None = None) -> requests.Response:
+        """GET from byte `offset` on: a 206 continues a partial body; with `etag` (If-Range) a changed file
+        comes whole (200); a 416 says there is nothing past `offset`."""
+        headers = {"Range": f"bytes={offset}-", **({"If-Range": etag} if etag else {})} if offset else {}
+        return self.request("GET", headers, allow=(416,) if offset else ())
+
     def read(self, start: int, end: int, size: int | None = None) -> bytes:
         """Bytes start..end; a short body is `Transient`."""
         with self.open_range(start, end, size) as response:
