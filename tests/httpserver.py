@@ -25,6 +25,9 @@ Knobs (plain attributes; change them at any time, also between requests):
     corrupt        set of paths whose served bytes get one byte flipped (length unchanged)
     stall          seconds to sleep before answering (to provoke client timeouts)
     chunk          bytes per write; small values make drops land mid-stream
+    redirects      {path: target}: answer 302 with `Location: target` (a path or a full URL)
+    length_delta   added to every Content-Length sent with a body (a server that lies about its
+                   length); the connection is closed after such a body
 
 `requests` records every request (method, path, Range header, status, headers) for assertions;
 `errors` collects exceptions raised while serving (mostly clients that hung up), instead of printing them.
@@ -76,6 +79,8 @@ class FileServer:
         self.corrupt: set[str] = set()
         self.stall = 0.0
         self.chunk = 16 * 1024
+        self.redirects: dict[str, str] = {}
+        self.length_delta = 0
         self.requests: list[Request] = []
         self.errors: list[BaseException] = []
         self._lock = threading.Lock()
@@ -172,6 +177,9 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(srv.stall)
         path = _norm(self.path)
         range_header = self.headers.get("Range")
+        if path in srv.redirects:
+            self._plain(302, body, path, range_header, extra={"Location": srv.redirects[path]})
+            return
         forced = srv.status.get(path)
         data = srv.lookup(path) if forced is None else None
         if forced is not None or data is None:
@@ -192,7 +200,7 @@ class _Handler(BaseHTTPRequestHandler):
         srv._record(Request(self.command, path, range_header, code, dict(self.headers)))
         self.send_response(code)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(end - start + 1))
+        self.send_header("Content-Length", str(end - start + 1 + srv.length_delta))
         self.send_header("Accept-Ranges", "bytes" if srv.ranges else "none")
         if srv.etag:
             self.send_header("ETag", etag)
@@ -201,6 +209,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if body:
             self._write_body(data[start : end + 1])
+        if srv.length_delta:
+            self.close_connection = True
 
     def _span(self, header: str | None, size: int, etag: str) -> tuple[int, int] | str | None:
         srv = self.owner

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import VIDEOS, one_error_line, tiny_recipe_dict, vidcli, write_recipe
 from conftest import env as _env
-from conftest import one_error_line, tiny_recipe_dict, vidcli, write_recipe
 from typer.testing import CliRunner
 
 from vidcli import __version__
@@ -87,6 +87,26 @@ def test_data_synth_imports_no_framework(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert loaded == []
     assert json.loads(proc.stdout)["path"] == str(tmp_path / "s")
+
+
+@pytest.mark.parametrize("command", ["synth", "fetch-ucf101", "kinetics-frames", "medmnist"])
+def test_data_command_help_has_quiet_and_ends_with_examples(command):
+    result = runner.invoke(app, ["data", command, "--help"])
+    assert result.exit_code == 0 and "--quiet" in result.stdout
+    assert result.stdout[result.stdout.rindex("Examples:"):].count(f"vidcli data {command}") >= 3
+
+
+def test_data_kinetics_partial_failure_exits_3_and_quiet_keeps_only_errors(tmp_path):
+    src = tmp_path / "clips" / "archery"
+    src.mkdir(parents=True)
+    shutil.copy(VIDEOS / "tree.avi", src / "good.avi")
+    (src / "broken.avi").write_bytes(b"RIFF" + bytes(300))
+    result = runner.invoke(app, ["data", "kinetics-frames", str(src.parent), "--out", str(tmp_path / "o"), "-q"])
+    assert result.exit_code == 3 and result.stdout == ""
+    assert "broken.avi" in one_error_line(result.stderr)
+    (src / "good.avi").unlink()
+    result = runner.invoke(app, ["data", "kinetics-frames", str(src.parent), "--out", str(tmp_path / "p"), "-q"])
+    assert result.exit_code == 1 and len([x for x in result.stderr.splitlines() if x.startswith("error: ")]) == 2
 
 
 # --- errors ----------------------------------------------------------------------------------

@@ -11,12 +11,18 @@ import pytest
 from httpserver import FileServer
 
 from vidcli import download as dl
+from vidcli import httprange
 from vidcli.download import download, partial_paths
 from vidcli.errors import VidcliError
 
 PAYLOAD = bytes(range(256)) * 800  # 204800 bytes
 MD5 = hashlib.md5(PAYLOAD).hexdigest()
 SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+@pytest.fixture(autouse=True)
+def _no_backoff(monkeypatch):
+    monkeypatch.setattr(httprange, "BACKOFF", 0)
 
 
 @pytest.fixture
@@ -144,13 +150,14 @@ def test_complete_partial_is_finished_without_refetching(server, tmp_path):
     assert dest.read_bytes() == PAYLOAD and server.gets()[-1].status == 416
 
 
-@pytest.mark.parametrize("code", [404, 500])
-def test_http_errors_fail_with_the_url(server, tmp_path, code):
+@pytest.mark.parametrize(("code", "exit_code", "tries"), [(404, 2, 1), (403, 2, 1), (500, 1, 4), (429, 1, 4)])
+def test_http_errors_fail_with_the_url(server, tmp_path, code, exit_code, tries):
+    """A 4xx is the URL's fault (bad input, not retried); a 5xx or 429 is retried, then the job failed."""
     server.status["/data.bin"] = code
     url = server.url("/data.bin")
     with pytest.raises(VidcliError) as info:
         download(url, tmp_path / "data.bin")
-    assert info.value.exit_code == 1
+    assert info.value.exit_code == exit_code and len(server.gets()) == tries
     assert url in str(info.value) and str(code) in str(info.value) and "\n" not in str(info.value)
     assert _leftovers(tmp_path) == []
 
@@ -229,3 +236,36 @@ def test_server_serves_suffix_ranges_and_head():
     assert tail.headers["Content-Range"] == f"bytes {len(PAYLOAD) - 100}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}"
     assert mid.content == PAYLOAD[10:20]
     assert bad.status_code == 416 and bad.headers["Content-Range"] == f"bytes */{len(PAYLOAD)}"
+
+
+def test_redirect_is_followed_and_a_loop_is_one_line(server, tmp_path):
+    server.redirects["/moved.bin"] = "/data.bin"
+    assert download(server.url("/moved.bin"), tmp_path / "a.bin", md5=MD5).read_bytes() == PAYLOAD
+    server.redirects["/loop.bin"] = "/loop.bin"
+    with pytest.raises(VidcliError, match="too many redirects") as info:
+        download(server.url("/loop.bin"), tmp_path / "b.bin")
+    assert info.value.exit_code == 1 and _leftovers(tmp_path) == ["a.bin"]
+
+
+def test_content_length_longer_than_the_body_fails_and_keeps_no_final_file(server, tmp_path):
+    """The server claims 100 bytes more than it sends: every try ends short, so the job fails (exit 1)."""
+    server.length_delta = 100
+    with pytest.raises(VidcliError, match="interrupted") as info:
+        download(server.url("/data.bin"), tmp_path / "data.bin", md5=MD5)
+    assert info.value.exit_code == 1 and not (tmp_path / "data.bin").exists()
+    server.length_delta = 0
+    assert download(server.url("/data.bin"), tmp_path / "data.bin", md5=MD5).read_bytes() == PAYLOAD
+
+
+def test_transient_5xx_is_retried_with_backoff_then_succeeds(server, tmp_path, monkeypatch):
+    waits = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        server.status.clear()  # the server is back
+
+    monkeypatch.setattr(httprange, "BACKOFF", 0.5)
+    monkeypatch.setattr(httprange.time, "sleep", sleep)
+    server.status["/data.bin"] = 503
+    download(server.url("/data.bin"), tmp_path / "data.bin", md5=MD5)
+    assert [r.status for r in server.gets()] == [503, 200] and waits == [0.5]

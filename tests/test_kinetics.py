@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from pathlib import Path
@@ -17,7 +18,7 @@ from vidcli.cli.data_kinetics import register
 from vidcli.datasets import frames, kinetics
 from vidcli.datasets.frames import load_frame_clip, load_frames, read_frame_list, segment_indices
 from vidcli.datasets.kinetics import extract_kinetics_frames, safe_class_name
-from vidcli.errors import VidcliError
+from vidcli.errors import PARTIAL, VidcliError, fail
 
 FOOTBALL = "passing American football (in game)"
 CSV = (
@@ -158,18 +159,59 @@ def _app() -> typer.Typer:
     return app
 
 
-def test_cli_two_worker_processes_and_json_stdout(kin, tmp_path):
+def test_cli_two_worker_processes_and_json_stdout_exit_partial(kin, tmp_path):
+    """Some videos failed, the others were extracted: every failure is an error line, exit code 3."""
     src, csv = kin
+    (src / "worse_000000_000010.avi").write_bytes(b"RIFF" + bytes(500))
+    csv.write_text(CSV + "abseiling,worse,0,10,train\n")
     out = tmp_path / "out"
     args = ["kinetics-frames", str(src), "--out", str(out), "--split", "train", "--csv", str(csv),
             "--short-side", "64", "--workers", "2", "--json"]
     result = CliRunner().invoke(_app(), args)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == PARTIAL, result.output
     summary = json.loads(result.stdout)  # stdout holds the JSON and nothing else
-    assert (summary["done"], summary["failed"], summary["absent"]) == (2, 1, 1)
+    assert (summary["done"], summary["failed"], summary["absent"]) == (2, 2, 1)
     assert summary["splits"]["train"]["list"] == str(out / "train_list.txt")
-    assert "bad_000000_000010" in result.stderr.replace("\n", "")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and "bad_000000_000010" in errors[0] + errors[1] and "worse_" in errors[0] + errors[1]
     assert len((out / "train_list.txt").read_text().splitlines()) == 2
+    quiet = CliRunner().invoke(_app(), [*args, "--quiet"])  # a rerun: finished videos skipped, failures again
+    assert quiet.exit_code == PARTIAL and json.loads(quiet.stdout)["skipped"] == 2
+    assert [line.startswith("error: ") for line in quiet.stderr.splitlines()] == [True, True]
+
+
+def test_cli_all_good_exits_0_and_quiet_is_silent(tmp_path):
+    src = tmp_path / "mine" / "archery"
+    src.mkdir(parents=True)
+    shutil.copy(_video("tree.avi"), src / "a.avi")
+    result = CliRunner().invoke(_app(), ["kinetics-frames", str(src.parent), "--out", str(tmp_path / "o"), "-q"])
+    assert result.exit_code == 0 and result.stderr == "" and result.stdout == ""
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_full_disk_stops_the_run_with_one_error(kin, tmp_path, monkeypatch, raw):
+    """An output that cannot be written fails every video alike: stop at the first with exit 1."""
+    src, csv = kin
+
+    def full(video, folder, **settings):
+        if raw:
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder))
+        raise fail(f"cannot write {folder}/img_00001.jpg: No space left on device")
+
+    monkeypatch.setattr(frames, "write_frame_folder", full)
+    with pytest.raises(VidcliError, match="No space left on device.*rerun") as info:
+        _run(src, tmp_path / "out", csv)
+    assert info.value.exit_code == 1 and not (tmp_path / "out" / "train_list.txt").exists()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(VidcliError, match="cannot") as info:
+        _run(src, blocker / "out", csv)
+    assert info.value.exit_code == 1
+
+
+def test_help_ends_with_examples():
+    text = CliRunner().invoke(_app(), ["kinetics-frames", "--help"]).stdout
+    assert text[text.rindex("Examples"):].count("vidcli data kinetics-frames") >= 3 and "--quiet" in text
 
 
 def test_cli_all_failed_exits_1_and_bad_options_exit_2(kin, tmp_path):

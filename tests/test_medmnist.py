@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import re
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ import typer
 from httpserver import FileServer
 from typer.testing import CliRunner
 
+from vidcli import httprange
+from vidcli.cli import data_medmnist
 from vidcli.cli.data_medmnist import register
 from vidcli.datasets import medmnist as mm
 from vidcli.datasets.medmnist import fetch_medmnist, load_volume_file, load_volumes
@@ -36,6 +39,11 @@ def make_npz(size: int = 28, counts=(4, 2, 3), drop: str | None = None, dtype=np
 
 NPZ = make_npz()
 MD5 = hashlib.md5(NPZ).hexdigest()
+
+
+@pytest.fixture(autouse=True)
+def _no_backoff(monkeypatch):
+    monkeypatch.setattr(httprange, "BACKOFF", 0)
 
 
 @pytest.fixture
@@ -142,11 +150,14 @@ def test_server_without_range_support_restarts(server, tmp_path):
     assert [(r.range, r.status) for r in server.gets()] == [(None, 200), ("bytes=50000-", 200)]
 
 
-def test_404_fails_with_the_url(server, tmp_path):
-    server.status["/fracturemnist3d.npz"] = 404
+@pytest.mark.parametrize(("code", "exit_code"), [(404, 2), (410, 2), (500, 1), (503, 1)])
+def test_http_errors_are_classified_like_every_downloader(server, tmp_path, code, exit_code):
+    """4xx: the URL is wrong (bad input, exit 2, as fetch-ucf101); 5xx after retries: the job failed (1)."""
+    server.status["/fracturemnist3d.npz"] = code
     with pytest.raises(VidcliError) as info:
         fetch_medmnist("fracturemnist3d", 28, tmp_path)
-    assert "404" in str(info.value) and "fracturemnist3d.npz" in str(info.value) and info.value.exit_code == 1
+    assert str(code) in str(info.value) and "fracturemnist3d.npz" in str(info.value)
+    assert info.value.exit_code == exit_code and "\n" not in str(info.value)
     assert not (tmp_path / "fracturemnist3d_28.npz").exists()
 
 
@@ -238,5 +249,21 @@ def test_cli_imports_a_file_and_reports_user_errors(tmp_path, monkeypatch):
     out = tmp_path / "out"
     ok = CliRunner().invoke(_cli(), ["medmnist", "--name", "fracturemnist3d", "--file", str(src), "--out", str(out)])
     assert ok.exit_code == 0 and "fracturemnist3d_28.npz" in ok.stdout
-    bad = CliRunner().invoke(_cli(), ["medmnist", "--name", "nosuchset", "--out", str(out)])
-    assert isinstance(bad.exception, VidcliError) and "organmnist3d" in str(bad.exception)
+    for option, value in (("--name", "nosuchset"), ("--size", "32")):
+        bad = CliRunner().invoke(_cli(), ["medmnist", option, value, "--out", str(out)])
+        assert bad.exit_code == 2 and f"'{value}' is not one of" in bad.output
+
+
+def test_cli_choices_match_the_catalog_and_help_ends_with_examples():
+    assert typing.get_args(data_medmnist.Name) == tuple(mm.DATASETS)
+    text = CliRunner().invoke(_cli(), ["medmnist", "--help"]).stdout
+    assert "<28|64>" in text and "--quiet" in text
+    assert text[text.rindex("Examples"):].count("vidcli data medmnist") >= 3
+
+
+def test_cli_quiet_prints_only_the_result(server, tmp_path):
+    args = ["medmnist", "--name", "FractureMNIST3D", "--out", str(tmp_path), "--quiet"]
+    result = CliRunner().invoke(_cli(), args)
+    assert result.exit_code == 0 and result.stderr == "" and result.stdout.startswith("wrote ")
+    again = CliRunner().invoke(_cli(), args)  # "already there" is a log line
+    assert again.exit_code == 0 and again.stderr == ""

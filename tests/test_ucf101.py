@@ -21,6 +21,7 @@ from conftest import VIDEOS
 from httpserver import FileServer
 from typer.testing import CliRunner
 
+from vidcli import httprange
 from vidcli.cli import data_ucf101
 from vidcli.cli.data_ucf101 import register
 from vidcli.datasets import ucf101
@@ -86,7 +87,7 @@ def server(ucf_zip):
 
 @pytest.fixture(autouse=True)
 def _fast(monkeypatch):
-    monkeypatch.setattr(ucf101, "RETRY_DELAY", 0)
+    monkeypatch.setattr(httprange, "BACKOFF", 0)
     # headers and body go out as two writes; with Nagle on, each keep-alive request waits ~40 ms for an ACK
     monkeypatch.setattr(httpserver._Handler, "disable_nagle_algorithm", True, raising=False)
     monkeypatch.delenv(ucf101.URL_ENV, raising=False)
@@ -389,7 +390,7 @@ def test_zip64_directory_is_read(tmp_path, monkeypatch):
     payload = _zip(_ucf_entries())
     monkeypatch.undo()
     assert b"PK\x06\x07" in payload[-200:]
-    monkeypatch.setattr(ucf101, "RETRY_DELAY", 0)
+    monkeypatch.setattr(httprange, "BACKOFF", 0)
     with FileServer({ZIP_PATH: payload}) as srv:
         _fetch(tmp_path / "o", srv.url(ZIP_PATH), classes=None, class_names=["Basketball", "archery"])
     zf = zipfile.ZipFile(io.BytesIO(payload))
@@ -430,7 +431,6 @@ def test_cli_env_url_text_output_and_bad_options(server, tmp_path, monkeypatch):
     for args, message in [
         (["--split", "train=x"], "NAME=COUNT"),
         (["--split", "train=1,train=2"], "given twice"),
-        (["--split-by", "actor"], "group, clip"),
         (["--classes", "2", "--class-names", "YoYo"], "not both"),
         (["--classes", "9"], "only 5 classes"),
         (["--url", "ftp://example.org/x.zip"], "http"),
@@ -438,6 +438,8 @@ def test_cli_env_url_text_output_and_bad_options(server, tmp_path, monkeypatch):
         result = _cli("fetch-ucf101", "--out", str(tmp_path / "bad"), *args)
         assert isinstance(result.exception, VidcliError), (args, result.output)
         assert message in str(result.exception)
+    result = _cli("fetch-ucf101", "--out", str(tmp_path / "bad"), "--split-by", "actor")
+    assert result.exit_code == 2 and "'actor' is not one of" in result.output
     assert not (tmp_path / "bad").exists()
 
 
@@ -447,3 +449,90 @@ def test_help_says_how_counts_are_met():
     text = " ".join(result.stdout.split())
     assert "no group spans two splits" in text and "--split-by" in text
     assert data_ucf101.DEFAULT_URL == ucf101.DEFAULT_URL
+
+
+def test_quiet_leaves_stderr_empty_and_json_on_stdout(server, tmp_path):
+    args = ["fetch-ucf101", "--class-names", "YoYo", "--split", "train=2", "--url", server.url(ZIP_PATH), "-q"]
+    result = _cli(*args, "--out", str(tmp_path / "a"))
+    assert result.exit_code == 0 and result.stdout == "" and result.stderr == ""
+    result = _cli(*args, "--out", str(tmp_path / "b"), "--json")
+    assert result.exit_code == 0 and result.stderr == "" and json.loads(result.stdout)["fetched"] == 2
+
+
+def test_help_ends_with_examples():
+    text = _cli("fetch-ucf101", "--help").stdout
+    examples = text[text.rindex("Examples"):]
+    assert examples.count("vidcli data fetch-ucf101") >= 3 and "<group|clip>" in text and "--quiet" in text
+
+
+def test_redirected_url_is_followed(server, tmp_path):
+    server.redirects["/old/ucf.zip"] = ZIP_PATH
+    done = _fetch(tmp_path / "o", server.url("/old/ucf.zip"), classes=1)
+    assert done["fetched"] == sum(SPLIT.values())
+    assert all(r.status in (206, 302) for r in server.gets())
+    server.redirects["/loop.zip"] = "/loop.zip"
+    with pytest.raises(VidcliError, match="too many redirects") as err:
+        _fetch(tmp_path / "p", server.url("/loop.zip"))
+    assert err.value.exit_code == 1 and not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("delta", [100, -100])
+def test_server_lying_about_its_length_fails_cleanly(server, tmp_path, delta):
+    """HEAD and every answer claim a wrong Content-Length: one line, exit 1, nothing written."""
+    server.length_delta = delta
+    with pytest.raises(VidcliError) as err:
+        _fetch(tmp_path / "o", server.url(ZIP_PATH))
+    assert err.value.exit_code == 1 and "\n" not in str(err.value) and server.url(ZIP_PATH) in str(err.value)
+    assert not (tmp_path / "o").exists()
+
+
+def test_server_lying_about_member_lengths_fails_cleanly(server, tmp_path, monkeypatch):
+    original = ucf101.read_directory
+
+    def then_lie(*args, **kwargs):
+        directory = original(*args, **kwargs)
+        server.length_delta = 7
+        return directory
+
+    monkeypatch.setattr(ucf101, "read_directory", then_lie)
+    with pytest.raises(VidcliError, match="Content-Length") as err:
+        _fetch(tmp_path / "o", server.url(ZIP_PATH))
+    assert err.value.exit_code == 1 and not list((tmp_path / "o").rglob("*.avi")) and not _partials(tmp_path / "o")
+
+
+def test_slow_server_times_out_after_retries(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(httprange, "TIMEOUT", (1.0, 0.2))
+    server.stall = 0.5
+    with pytest.raises(VidcliError, match=r"failed after 4 tries: no answer within 0.2 s") as err:
+        _fetch(tmp_path / "o", server.url(ZIP_PATH))
+    assert err.value.exit_code == 1
+
+
+def test_full_disk_stops_the_fetch_with_one_line(server, tmp_path, monkeypatch):
+    class Full(io.BytesIO):
+        def write(self, data) -> int:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ucf101, "open", lambda path, mode: Full(), raising=False)
+    out = tmp_path / "ucf"
+    with pytest.raises(VidcliError, match="No space left on device") as err:
+        _fetch(out, server.url(ZIP_PATH))
+    assert err.value.exit_code == 1 and not list(out.rglob("*.avi")) and not _partials(out)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(VidcliError, match="cannot") as err:
+        _fetch(blocker / "ucf", server.url(ZIP_PATH))
+    assert err.value.exit_code == 1
+
+
+def test_clips_that_cannot_be_moved_are_one_line(server, tmp_path, monkeypatch):
+    out = tmp_path / "ucf"
+    _fetch(out, server.url(ZIP_PATH), seed=0)
+
+    def denied(src, dst):
+        raise PermissionError(13, "Permission denied", str(src))
+
+    monkeypatch.setattr(ucf101.os, "replace", denied)
+    with pytest.raises(VidcliError, match="Permission denied") as err:
+        _fetch(out, server.url(ZIP_PATH), seed=5)
+    assert err.value.exit_code == 1 and "\n" not in str(err.value)

@@ -18,18 +18,10 @@ from typing import BinaryIO
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-import requests
-import urllib3
-
-from vidcli import console, fsio
+from vidcli import console, fsio, httprange
 from vidcli.errors import VidcliError, fail
 
 CHUNK = 1 << 16
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-
-
-class _Interrupted(Exception):
-    """The body stopped early; what arrived is kept in the partial file."""
 
 
 def download(
@@ -134,18 +126,10 @@ def _fetch(url: str, dest: Path, expected: dict[str, str], label: str, timeout: 
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise fail(f"cannot create {dest.parent}: {exc.strerror or exc}") from exc
-    with requests.Session() as session:
-        session.headers.update({"User-Agent": "vidcli", "Accept-Encoding": "identity"})
+    with httprange.Remote(url, timeout=timeout, retries=retries) as remote:
         for fresh_start in (False, True):
-            resumed = False
-            for attempt in range(retries + 1):
-                try:
-                    resumed |= _stream(session, url, partial, meta, label, timeout)
-                    break
-                except _Interrupted as exc:
-                    if attempt == retries:
-                        raise fail(f"download of {url} interrupted ({exc}); run again to resume") from exc
-                    console.warn(f"download of {url} interrupted ({exc}); resuming")
+            resumed = remote.retry(lambda: _stream(remote, partial, meta, label), f"downloading {url}",
+                                   then=lambda: "; run again to resume" if partial.is_file() else "")
             wrong = _mismatches(partial, expected) if expected else {}
             if not wrong:
                 break
@@ -161,37 +145,35 @@ def _fetch(url: str, dest: Path, expected: dict[str, str], label: str, timeout: 
     return dest
 
 
-def _stream(session: requests.Session, url: str, partial: Path, meta: Path, label: str, timeout: float) -> bool:
-    """Bring `partial` to the full size of `url`; True when it continued earlier bytes."""
-    offset, known = _resume_state(partial, meta, url)
-    response = _get(session, url, offset, known, timeout)
-    if response.status_code == 416 and offset:
+def _stream(remote: httprange.Remote, partial: Path, meta: Path, label: str) -> bool:
+    """Bring `partial` to the full size of the URL; True when it continued earlier bytes."""
+    offset, known = _resume_state(partial, meta, remote.url)
+    response = remote.resume(offset, known.get("etag"))
+    if response.status_code == 416:
         response.close()
-        total = _content_range(response.headers.get("Content-Range", ""))[2]
-        if total == offset == known.get("size"):
+        total = re.fullmatch(r"bytes \*/(\d+)", response.headers.get("Content-Range", "").strip())
+        if total and int(total.group(1)) == offset == known.get("size"):
             return True
         offset, known = 0, {}
-        response = _get(session, url, 0, known, timeout)
+        response = remote.resume(0)
     if response.status_code == 206:
-        start, _, total = _content_range(response.headers.get("Content-Range", ""))
-        if start != offset or (known.get("size") not in (None, total)):
+        span = httprange.content_range(response)
+        if span is None or span[0] != offset or known.get("size") not in (None, span[2]):
             response.close()
             offset, known = 0, {}
-            response = _get(session, url, 0, known, timeout)
-    if response.status_code >= 400:
-        response.close()
-        raise fail(f"cannot download {url}: HTTP {response.status_code} {response.reason or ''}".rstrip())
+            response = remote.resume(0)
     if response.status_code != 206:
         offset = 0
-    length = response.headers.get("Content-Length")
-    total = offset + int(length) if length and length.isdigit() else None
-    fsio.write_json(meta, {"url": url, "size": total, "etag": response.headers.get("ETag")})
+    length = response.headers.get("Content-Length", "")
+    total = offset + int(length) if length.isdigit() else None
+    fsio.write_json(meta, {"url": remote.url, "size": total, "etag": response.headers.get("ETag")})
     received = offset
-    with response, console.progress(total, label) as advance:
+    body = httprange.Body(response)
+    with contextlib.closing(body), console.progress(total, label) as advance:
         advance(offset)
         out = _open_partial(partial, "ab" if offset else "wb")
         try:
-            while block := _read(response, received, total):
+            while block := _read(body, received, total):
                 try:
                     out.write(block)
                 except OSError as exc:
@@ -202,20 +184,16 @@ def _stream(session: requests.Session, url: str, partial: Path, meta: Path, labe
             with contextlib.suppress(OSError):
                 out.close()
     if total is not None and received != total:
-        raise _Interrupted(f"{received} of {total} bytes")
+        raise httprange.Transient(f"interrupted at {received} of {total} bytes")
     return offset > 0
 
 
-def _read(response: requests.Response, received: int, total: int | None) -> bytes:
-    """The next bytes as they arrive (read1), so a cut connection loses nothing already received."""
+def _read(body: httprange.Body, received: int, total: int | None) -> bytes:
+    """The next bytes as they arrive, so a cut connection loses nothing already received."""
     try:
-        return response.raw.read1(CHUNK)
-    except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
-        if isinstance(exc, urllib3.exceptions.ProtocolError) and "IncompleteRead" in str(exc):
-            why = "connection closed early"
-        else:
-            why = error_reason(exc)
-        raise _Interrupted(f"{received} of {total or '?'} bytes; {why}") from exc
+        return body.read(CHUNK, some=True)
+    except httprange.Transient as exc:
+        raise httprange.Transient(f"interrupted at {received} of {total or '?'} bytes ({exc})") from exc
 
 
 def _resume_state(partial: Path, meta: Path, url: str) -> tuple[int, dict]:
@@ -230,47 +208,11 @@ def _resume_state(partial: Path, meta: Path, url: str) -> tuple[int, dict]:
     return partial.stat().st_size, known
 
 
-def _get(session: requests.Session, url: str, offset: int, known: dict, timeout: float) -> requests.Response:
-    headers = {}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-        if known.get("etag"):
-            headers["If-Range"] = known["etag"]
-    try:
-        return session.get(url, headers=headers, stream=True, timeout=timeout)
-    except requests.Timeout as exc:
-        raise fail(f"cannot download {url}: no answer within {timeout:g} s") from exc
-    except requests.RequestException as exc:
-        raise fail(f"cannot download {url}: {error_reason(exc)}") from exc
-
-
-def _content_range(value: str) -> tuple[int, int, int | None]:
-    match = _CONTENT_RANGE.match(value.strip())
-    if not match:
-        if value.startswith("bytes */") and value[8:].isdigit():
-            return -1, -1, int(value[8:])
-        return -1, -1, None
-    first, last, total = match.groups()
-    return int(first), int(last), None if total == "*" else int(total)
-
-
 def _open_partial(partial: Path, mode: str) -> BinaryIO:
     try:
         return open(partial, mode)
     except OSError as exc:
         raise fail(f"cannot write {partial}: {exc.strerror or exc}") from exc
-
-
-def error_reason(exc: BaseException) -> str:
-    """The innermost useful line of a requests/urllib3 error chain ("Connection refused", ...)."""
-    text = str(exc)
-    for pattern in (r"\[Errno -?\d+\] ([^'\")\]]+)", r"(Connection refused|timed out|Read timed out)"):
-        found = re.search(pattern, text)
-        if found:
-            return found.group(1).strip()
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _discard(*paths: Path) -> None:

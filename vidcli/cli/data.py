@@ -7,12 +7,19 @@ from pathlib import Path
 
 import typer
 
+from vidcli import console
 from vidcli.cli import data_kinetics, data_medmnist, data_ucf101
 
 app = typer.Typer(help="Get data: built-in synthetic sets and dataset fetchers.", no_args_is_help=True)
+SYNTH_EXAMPLES = """Examples:
+
+  vidcli data synth
+  vidcli data synth --classes 4 --train 32 --frames 8 --size 32 --out data/tiny
+  vidcli data synth --volumes --out data/synth_volumes --json
+"""
 
 
-@app.command("synth")
+@app.command("synth", epilog=SYNTH_EXAMPLES)
 def synth(
     out: Path = typer.Option(Path("data/synth"), "--out", help="Dataset root to write."),
     classes: int = typer.Option(
@@ -28,8 +35,15 @@ def synth(
     volumes: bool = typer.Option(False, "--volumes", help="Write 3D volumes (npz) instead of videos."),
     force: bool = typer.Option(False, "--force", help="Replace an existing dataset made with other settings."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary to stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No log lines on stderr, only errors."),
 ) -> None:
     """Write a synthetic dataset: moving shapes whose class is the motion (or 3D shapes with --volumes)."""
+    with console.quiet(quiet):
+        _synth(out, classes, train, val, test, frames, size, seed, volumes, force, as_json)
+
+
+def _synth(out: Path, classes: int, train: int, val: int, test: int, frames: int, size: int, seed: int,
+           volumes: bool, force: bool, as_json: bool) -> None:
     from vidcli.datasets import synth as synth_mod
 
     counts = {"train": train, "val": val, "test": test}

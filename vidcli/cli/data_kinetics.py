@@ -9,11 +9,20 @@ from typing import Annotated
 import typer
 
 from vidcli import console
+from vidcli.errors import PARTIAL
+
+EXAMPLES = """Examples:
+
+  vidcli data kinetics-frames videos/ --csv train.csv --workers 8
+  vidcli data kinetics-frames videos/ --csv train.csv --shard 0/4
+  vidcli data kinetics-frames --merge --out data/kinetics
+  vidcli data kinetics-frames my_clips/ --out data/mine --height 256 --quiet
+"""
 
 
 def register(app: typer.Typer) -> None:
     """Add `kinetics-frames` to the `data` command group."""
-    app.command("kinetics-frames")(kinetics_frames)
+    app.command("kinetics-frames", epilog=EXAMPLES)(kinetics_frames)
 
 
 def kinetics_frames(
@@ -35,9 +44,9 @@ def kinetics_frames(
     height: Annotated[
         int | None, typer.Option("--height", help="Resize to this height instead (the reference's scale=-1:H).")
     ] = None,
-    quality: Annotated[int, typer.Option("--quality", help="JPEG quality, 1-100.")] = 90,
+    quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG quality.")] = 90,
     workers: Annotated[
-        int | None, typer.Option("--workers", help="Worker processes.", show_default="CPU cores")
+        int | None, typer.Option("--workers", min=1, help="Worker processes.", show_default="CPU cores")
     ] = None,
     shard: Annotated[
         str | None, typer.Option("--shard", help="Process only slice i of N (i/N, 0-based) of the sorted videos.")
@@ -46,11 +55,21 @@ def kinetics_frames(
         bool, typer.Option("--merge", help="Only join finished shards' list files (done automatically by the last).")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary to stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No log lines on stderr, only errors.")] = False,
 ) -> None:
     """Decode every video into img_00001.jpg... folders and write TSM list files, resumably and in parallel.
 
-    Rerunning the same command skips finished videos and redoes half-written ones.
+    Rerunning the same command skips finished videos and redoes half-written ones. Every video that
+    fails is an error line (and a line in missing_<split>.txt) while the others go on; exit code 3
+    when some failed, 1 when all did.
     """
+    with console.quiet(quiet):
+        _kinetics_frames(src, out, split, csv, short_side, height, quality, workers, shard, merge, as_json)
+
+
+def _kinetics_frames(src: Path | None, out: Path, split: str | None, csv: Path | None, short_side: int | None,
+                     height: int | None, quality: int, workers: int | None, shard: str | None, merge: bool,
+                     as_json: bool) -> None:
     from vidcli.datasets import kinetics
     from vidcli.errors import VidcliError
 
@@ -77,6 +96,8 @@ def kinetics_frames(
             f"{summary['done']} extracted, {summary['skipped']} already done, {summary['failed']} failed, "
             f"{summary['absent']} not on disk; lists in {summary['out']}"
         )
+    if not merge and summary["failed"]:
+        raise typer.Exit(PARTIAL)
 
 
 def _merge(out: Path, split: str | None) -> dict:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import typer
+
+from vidcli import console
 
 DEFAULT_URL = "https://storage.googleapis.com/thumos14_files/UCF101_videos.zip"
 
@@ -23,6 +26,13 @@ _HELP = (
     "TensorFlow tutorial does (clips of one group then land in several splits).\n\n"
     f"The zip: --url, else $VIDCLI_UCF101_URL, else {DEFAULT_URL}"
 )
+EXAMPLES = """Examples:
+
+  vidcli data fetch-ucf101
+  vidcli data fetch-ucf101 --classes 5 --split train=20,val=5,test=5 --workers 8
+  vidcli data fetch-ucf101 --class-names Archery,YoYo --split-by clip --seed 1
+  vidcli data fetch-ucf101 --url http://mirror/UCF101_videos.zip --quiet --json
+"""
 
 
 def fetch_ucf101_command(
@@ -33,7 +43,9 @@ def fetch_ucf101_command(
         None, "--class-names", help="Classes by name, comma-separated or repeated (instead of --classes)."
     ),
     split: str = typer.Option("train=30,val=10,test=10", "--split", help="Clips per class in each split."),
-    split_by: str = typer.Option("group", "--split-by", help="group (no group spans two splits) or clip."),
+    split_by: Literal["group", "clip"] = typer.Option(
+        "group", "--split-by", help="group: no group spans two splits; clip: the tutorial's split."
+    ),
     out: Path = typer.Option(Path("data/ucf101"), "--out", help="Dataset root to write."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the split; the same seed picks the same clips."),
     url: str | None = typer.Option(
@@ -44,6 +56,7 @@ def fetch_ucf101_command(
         False, "--force", help="Remove files under OUT outside the chosen classes instead of stopping."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary to stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No log lines on stderr, only errors."),
 ) -> None:
     from vidcli.datasets import ucf101
     from vidcli.errors import VidcliError
@@ -51,28 +64,27 @@ def fetch_ucf101_command(
     names = [n.strip() for item in class_names or [] for n in item.split(",") if n.strip()] or None
     if names and classes is not None:
         raise VidcliError("give --classes or --class-names, not both")
-    summary = ucf101.fetch_ucf101(
-        out,
-        url=ucf101.resolve_url(url),
-        classes=10 if classes is None and not names else classes,
-        class_names=names,
-        split=ucf101.parse_split(split),
-        split_by=split_by,
-        seed=seed,
-        workers=workers,
-        force=force,
-    )
-    if as_json:
-        typer.echo(json.dumps(summary))
-        return
-    from vidcli.console import log
-
-    clips = ", ".join(f"{n} {s}" for s, n in summary["clips"].items())
-    log(
-        f"UCF101: {len(summary['classes'])} class(es), {clips} clips in {summary['root']} "
-        f"({summary['fetched']} fetched, {summary['kept']} already there, {summary['moved']} moved)"
-    )
+    with console.quiet(quiet):
+        summary = ucf101.fetch_ucf101(
+            out,
+            url=ucf101.resolve_url(url),
+            classes=10 if classes is None and not names else classes,
+            class_names=names,
+            split=ucf101.parse_split(split),
+            split_by=split_by,
+            seed=seed,
+            workers=workers,
+            force=force,
+        )
+        if as_json:
+            typer.echo(json.dumps(summary))
+            return
+        clips = ", ".join(f"{n} {s}" for s, n in summary["clips"].items())
+        console.log(
+            f"UCF101: {len(summary['classes'])} class(es), {clips} clips in {summary['root']} "
+            f"({summary['fetched']} fetched, {summary['kept']} already there, {summary['moved']} moved)"
+        )
 
 
 def register(app: typer.Typer) -> None:
-    app.command("fetch-ucf101", help=_HELP)(fetch_ucf101_command)
+    app.command("fetch-ucf101", help=_HELP, epilog=EXAMPLES)(fetch_ucf101_command)

@@ -23,7 +23,7 @@ from pathlib import Path
 from vidcli import console, fsio
 from vidcli.datasets import frames as framesmod
 from vidcli.datasets.layout import SPLITS, is_video
-from vidcli.errors import VidcliError, fail
+from vidcli.errors import BAD_INPUT, VidcliError, fail
 
 DEFAULT_SHORT_SIDE = 256
 DEFAULT_QUALITY = 90
@@ -175,18 +175,21 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)
 
 
-def _extract(video: Path, folder: Path, settings: dict) -> tuple[int, str]:
-    """Runs in a worker: (frames, "") on success, (0, reason) on failure. Never raises for bad videos."""
+def _extract(video: Path, folder: Path, settings: dict) -> tuple[int, str, bool]:
+    """Runs in a worker: (frames, "", False) on success, (0, reason, fatal) on failure. A bad video is
+    not fatal; an output that cannot be written (disk full, read-only) is, as every video would fail."""
     try:
         n, _ = framesmod.write_frame_folder(video, folder, **settings)
-        return n, ""
+        return n, "", False
     except VidcliError as exc:
-        return 0, str(exc)
+        return 0, str(exc), exc.exit_code != BAD_INPUT
+    except OSError as exc:
+        return 0, f"cannot write {exc.filename or folder}: {exc.strerror or exc}", True
     except Exception as exc:  # cv2.error and friends: one bad video must not stop a 650k-video run
-        return 0, f"{video}: {type(exc).__name__}: {exc}"
+        return 0, f"{video}: {type(exc).__name__}: {exc}", False
 
 
-def _run(tasks: list[tuple[Path, Path]], settings: dict, workers: int) -> Iterator[tuple[int, tuple[int, str]]]:
+def _run(tasks: list[tuple[Path, Path]], settings: dict, workers: int) -> Iterator[tuple[int, tuple[int, str, bool]]]:
     """(task index, result) in completion order; at most a few tasks per worker are in flight."""
     if workers <= 1 or len(tasks) <= 1:
         for i, (video, folder) in enumerate(tasks):
@@ -309,8 +312,10 @@ def extract_kinetics_frames(
 ) -> dict:
     """Extract frames for every video of the split(s); returns the JSON summary.
 
-    Bad or absent videos go to missing_<split>.txt and the run carries on; only a run in which
-    every video failed is an error (after the list files are written).
+    Bad or absent videos go to missing_<split>.txt and the run carries on (each failure printed as an
+    `error:` line); only a run in which every video failed is an error (after the list files are
+    written). The CLI exits PARTIAL when `failed` > 0; absent videos (a Kinetics CSV lists many that
+    are no longer downloadable) are warned about but are no failure.
     """
     src, out = Path(src), Path(out)
     csv = Path(csv) if csv is not None else None
@@ -334,7 +339,10 @@ def extract_kinetics_frames(
     owners: list[tuple[str, Job]] = []
     for name, split_jobs in jobs.items():
         split_dir = out / name
-        split_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            split_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise fail(f"cannot create {split_dir}: {exc.strerror or exc}") from exc
         _check_settings(split_dir, settings)
         for job in split_jobs:
             folder = split_dir / job.vid
@@ -357,12 +365,14 @@ def extract_kinetics_frames(
     if tasks:
         console.log(f"extracting {len(tasks)} videos with {min(workers, len(tasks))} worker(s)")
     with console.progress(len(tasks), "extracting frames") as advance:
-        for i, (count, reason) in _run(tasks, settings, workers):
+        for i, (count, reason, fatal) in _run(tasks, settings, workers):
             name, job = owners[i]
+            if fatal:
+                raise fail(f"{reason}; stopped (finished videos are kept: rerun the same command to resume)")
             if reason:
                 stats[name]["failed"] += 1
                 missing[name].append((job.vid, reason))
-                console.warn(reason)
+                console.error(reason)
             else:
                 stats[name]["done"] += 1
                 stats[name]["frames"] += count

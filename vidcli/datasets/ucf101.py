@@ -1,38 +1,37 @@
 """UCF101 subsets read straight out of the remote zip with HTTP range requests.
 
 The tutorial zip is 6.5 GB while a ten-class subset is a few hundred MB of it, so only the zip's
-central directory and the chosen members are fetched: one Range request per member, each worker
-thread on its own connection. Clips of one group (gGG) share actor and scene, so by default whole
-groups go to one split and no test clip has a near-twin in train.
+central directory and the chosen members are fetched (remotezip: one Range request per member), each
+worker thread with its own connection. Clips of one group (gGG) share actor and scene, so by default
+whole groups go to one split and no test clip has a near-twin in train.
 
 Resuming works per member: a clip whose size and CRC-32 match the zip's directory is kept. Every clip
-is written under a temporary name and renamed only once its CRC-32 matches. ROOT/manifest.json exists
-only while ROOT holds exactly what it lists: it is removed before anything under ROOT changes and
+is written under a temporary name and renamed only once zipfile has checked its CRC-32. ROOT/manifest.json
+exists only while ROOT holds exactly what it lists: it is removed before anything under ROOT changes and
 written again once every clip is verified.
 """
 
 from __future__ import annotations
 
 import difflib
+import io
 import os
 import random
 import re
 import struct
 import threading
 import time
+import zipfile
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
 from urllib.parse import urlsplit
 
-import requests
+import remotezip
 
-from vidcli import __version__, console, fsio
-from vidcli.download import error_reason
+from vidcli import __version__, console, fsio, httprange
 from vidcli.errors import VidcliError, fail
 
 DEFAULT_URL = "https://storage.googleapis.com/thumos14_files/UCF101_videos.zip"
@@ -41,38 +40,15 @@ SPLITS = ("train", "val", "test")
 SPLIT_MODES = ("group", "clip")
 TUTORIAL_SPLIT = {"train": 30, "val": 10, "test": 10}
 MANIFEST = "manifest.json"
-
-RETRIES = 3
-RETRY_DELAY = 1.0
-TIMEOUT = (10.0, 60.0)
 CHUNK = 1 << 16
 
 _CLIP = re.compile(r"v_([A-Za-z0-9]+)_g(\d+)_c(\d+)\.avi")
-_EOCD, _ZIP64_LOCATOR, _ZIP64_EOCD = b"PK\x05\x06", b"PK\x06\x07", b"PK\x06\x06"
-_CENTRAL, _LOCAL = b"PK\x01\x02", b"PK\x03\x04"
-_EOCD_FMT, _LOCATOR_FMT, _ZIP64_FMT = "<4s4H2LH", "<4sLQL", "<4sQ2H2L4Q"
-_CENTRAL_FMT, _LOCAL_FMT = "<4s6H3L5H2L", "<4s5H3L2H"
-_METHODS = {0: "stored", 8: "deflated"}
-_T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class Member:
-    """One zip entry as the central directory describes it; `end` bounds its local header + data."""
-
-    name: str
-    offset: int
-    end: int
-    method: int
-    flags: int
-    crc: int
-    csize: int
-    size: int
+_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 
 
 @dataclass(frozen=True)
 class Clip:
-    member: Member
+    member: zipfile.ZipInfo
     cls: str
     group: int
     number: int
@@ -80,7 +56,7 @@ class Clip:
 
     @property
     def filename(self) -> str:
-        return self.member.name.rsplit("/", 1)[-1]
+        return self.member.filename.rsplit("/", 1)[-1]
 
     @property
     def relpath(self) -> str:
@@ -92,11 +68,7 @@ class ZipDirectory:
     url: str
     size: int
     etag: str | None
-    members: list[Member]
-
-
-class _Transient(Exception):
-    """A failure worth retrying: dropped connection, timeout, 5xx."""
+    members: list[zipfile.ZipInfo]
 
 
 class _Stopped(Exception):
@@ -130,224 +102,104 @@ def parse_split(text: str) -> dict[str, int]:
     return counts
 
 
-# ---------------------------------------------------------------- HTTP
+# ---------------------------------------------------------------- the remote zip
 
 
-class _Remote:
-    """Range reads of one URL; every thread gets its own `requests.Session` (its own connection)."""
+class _Zip:
+    """The remote zip: its size and ETag, the blocks remotezip read for the directory (kept, so each
+    worker thread builds its own RemoteZip from memory), and that RemoteZip per thread."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
+        self.remote = httprange.Remote(url, hint=" (check --url)")
+        self.url, self.size, self.etag = url, 0, None
+        self._blocks: dict[tuple[int, int], bytes] = {}
         self._local = threading.local()
-        self._sessions: list[requests.Session] = []
+        self._zips: list[remotezip.RemoteZip] = []
         self._lock = threading.Lock()
 
-    def session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            session.headers.update({"User-Agent": f"vidcli/{__version__}", "Accept-Encoding": "identity"})
-            self._local.session = session
-            with self._lock:
-                self._sessions.append(session)
-        return session
-
-    def close(self) -> None:
-        for session in self._sessions:
-            session.close()
-
-    def head(self) -> tuple[int, str | None]:
-        response = self._request("HEAD", {})
+    def head(self) -> None:
+        response = self.remote.retry(lambda: self.remote.request("HEAD"), f"asking {self.url} for its size")
         response.close()
         length = response.headers.get("Content-Length", "")
         if response.headers.get("Accept-Ranges", "").lower() == "none":
             raise fail(f"{self.url}: the server does not support HTTP Range requests, which vidcli needs")
         if not length.isdigit():
             raise fail(f"{self.url}: the server does not say how big the zip is (no Content-Length)")
-        return int(length), response.headers.get("ETag")
+        self.size, self.etag = int(length), response.headers.get("ETag")
 
-    def open_range(self, start: int, end: int) -> requests.Response:
-        """A streaming 206 response for bytes start..end (inclusive)."""
-        response = self._request("GET", {"Range": f"bytes={start}-{end}"})
-        if response.status_code != 206:
-            response.close()
-            raise fail(f"{self.url}: the server ignored an HTTP Range request (answered {response.status_code})")
-        got = re.match(r"bytes (\d+)-(\d+)/", response.headers.get("Content-Range", ""))
-        if not got or int(got.group(1)) != start:
-            response.close()
-            raise fail(f"{self.url}: the server answered a Range request with the wrong bytes")
-        return response
+    def block(self, start: int, end: int) -> bytes:
+        if (start, end) not in self._blocks:
+            what = f"reading the zip directory of {self.url}"
+            self._blocks[start, end] = self.remote.retry(lambda: self.remote.read(start, end, self.size), what)
+        return self._blocks[start, end]
 
-    def read(self, start: int, end: int) -> bytes:
-        def attempt() -> bytes:
-            with self.open_range(start, end) as response:
-                return _Body(response).read(end - start + 1)
+    def this_thread(self) -> remotezip.RemoteZip:
+        """This thread's RemoteZip (one stream at a time, so one per thread)."""
+        zf = getattr(self._local, "zip", None)
+        if zf is None:
+            zf = remotezip.RemoteZip(self.url, fetcher=lambda *_, **__: _Fetcher(self))
+            self._local.zip = zf
+            with self._lock:
+                self._zips.append(zf)
+        return zf
 
-        return _retry(attempt, f"reading {self.url}")
+    def forget_this_thread(self) -> None:
+        """After a failed read: the next attempt starts on a fresh RemoteZip, never on a half-read stream."""
+        zf, self._local.zip = getattr(self._local, "zip", None), None
+        if zf is not None:
+            _close_zip(zf)
 
-    def _request(self, method: str, headers: dict[str, str]) -> requests.Response:
-        try:
-            response = self.session().request(method, self.url, headers=headers, stream=True, timeout=TIMEOUT)
-        except requests.RequestException as exc:
-            raise _Transient(error_reason(exc)) from exc
-        code = response.status_code
-        if code < 400:
-            return response
-        response.close()
-        text = f"HTTP {code} {response.reason or ''}".rstrip()
-        if code == 429 or code >= 500:
-            raise _Transient(text)
-        hint = " (check --url)" if code in (403, 404, 410) else ""
-        raise VidcliError(f"{self.url}: {text}{hint}", exit_code=2 if hint else 1)
+    def close(self) -> None:
+        with self._lock:
+            for zf in self._zips:
+                _close_zip(zf)
+        self.remote.close()
 
 
-class _Body:
-    """Exact-size reads from a streamed response; network trouble becomes `_Transient`."""
+class _Fetcher(remotezip.RemoteFetcher):
+    """remotezip's range reads through `httprange` (retries, checked answers, a session per thread)."""
 
-    def __init__(self, response: requests.Response) -> None:
-        self._chunks = response.iter_content(CHUNK)
-        self._buffer = b""
+    def __init__(self, zip_: _Zip) -> None:
+        super().__init__(zip_.url)
+        self.zip = zip_
 
-    def _more(self) -> bytes:
-        try:
-            chunk = next(self._chunks)
-        except StopIteration:
-            raise _Transient("connection closed early") from None
-        except requests.RequestException as exc:
-            raise _Transient(error_reason(exc)) from exc
-        return chunk
-
-    def read(self, n: int) -> bytes:
-        parts, have = [self._buffer], len(self._buffer)
-        while have < n:
-            chunk = self._more()
-            parts.append(chunk)
-            have += len(chunk)
-        data = b"".join(parts)
-        self._buffer = data[n:]
-        return data[:n]
-
-    def stream(self, n: int) -> Iterator[bytes]:
-        while n > 0:
-            if not self._buffer:
-                self._buffer = self._more()
-            piece, self._buffer = self._buffer[:n], self._buffer[n:]
-            n -= len(piece)
-            yield piece
-
-    def drain(self, limit: int = CHUNK) -> None:
-        """Read the few bytes left (a data descriptor) so the connection can serve the next member."""
-        try:
-            for chunk in self._chunks:
-                limit -= len(chunk)
-                if limit < 0:
-                    return
-        except requests.RequestException:
-            pass
+    def fetch(self, data_range: tuple[int, int | None], stream: bool = False) -> remotezip.PartialBuffer:
+        start, end = data_range
+        if end is None:  # the tail, asked as a suffix range, which not every server supports
+            start, end = max(0, self.zip.size + start), self.zip.size - 1
+        if not 0 <= start <= end < self.zip.size:
+            raise zipfile.BadZipFile(f"bytes {start}-{end} lie outside the zip's {self.zip.size} bytes")
+        if stream:
+            body = httprange.Body(self.zip.remote.open_range(start, end, self.zip.size))
+            return remotezip.PartialBuffer(body, start, end - start + 1, True)
+        data = self.zip.block(start, end)
+        return remotezip.PartialBuffer(io.BytesIO(data), start, len(data), False)
 
 
-def _retry(action: Callable[[], _T], what: str) -> _T:
-    for attempt in range(RETRIES + 1):
-        try:
-            return action()
-        except _Transient as exc:
-            if attempt == RETRIES:
-                raise fail(f"{what} failed after {RETRIES + 1} tries: {exc}") from exc
-            time.sleep(RETRY_DELAY * (attempt + 1))
-    raise AssertionError("unreachable")
+def _close_zip(zf: remotezip.RemoteZip) -> None:
+    fp = zf.fp
+    zf.close()
+    if fp is not None:
+        fp.close()
 
 
-# ---------------------------------------------------------------- zip directory
-
-
-def read_directory(url: str, remote: _Remote | None = None) -> ZipDirectory:
-    """The zip's central directory, read with two or three small Range requests (zip64 aware)."""
-    own = remote is None
-    remote = remote or _Remote(url)
+def read_directory(url: str, zip_: _Zip | None = None) -> ZipDirectory:
+    """The zip's central directory: a HEAD, then remotezip reads the tail (and the directory if it lies before)."""
+    own = zip_ is None
+    zip_ = zip_ or _Zip(url)
     try:
-        size, etag = _retry(remote.head, f"asking {url} for its size")
-        tail_start = max(0, size - (22 + 0xFFFF + 20))
-        tail = remote.read(tail_start, size - 1) if size else b""
-        pos = _find_eocd(tail)
-        if pos < 0:
-            raise VidcliError(f"{url}: not a zip file (no end-of-central-directory record)")
-        _, disk, cd_disk, _, count, cd_size, cd_offset, _ = struct.unpack_from(_EOCD_FMT, tail, pos)
-        locator = pos - 20
-        if locator >= 0 and tail[locator : locator + 4] == _ZIP64_LOCATOR:
-            _, _, z64_offset, _ = struct.unpack_from(_LOCATOR_FMT, tail, locator)
-            record = _slice_or_read(remote, tail, tail_start, z64_offset, 56)
-            if record[:4] != _ZIP64_EOCD:
-                raise VidcliError(f"{url}: damaged zip64 end record")
-            _, _, _, _, disk, cd_disk, _, count, cd_size, cd_offset = struct.unpack(_ZIP64_FMT, record)
-        if disk or cd_disk:
-            raise VidcliError(f"{url}: multi-part zips are not supported")
-        if cd_offset + cd_size > size:
-            raise VidcliError(f"{url}: damaged zip (central directory lies past the end)")
-        central = _slice_or_read(remote, tail, tail_start, cd_offset, cd_size) if cd_size else b""
+        zip_.head()
+        if zip_.size < 22:
+            raise VidcliError(f"{url}: not a zip file ({zip_.size} bytes)")
         try:
-            members = _parse_central(url, central, count, cd_offset)
-        except struct.error as exc:
-            raise VidcliError(f"{url}: damaged zip (central directory: {exc})") from exc
-        return ZipDirectory(url, size, etag, members)
+            members = zip_.this_thread().infolist()
+        except (zipfile.BadZipFile, remotezip.RemoteZipError, EOFError, struct.error) as exc:
+            text = str(exc)
+            raise VidcliError(f"{url}: {'not a zip file' if 'not a zip' in text else f'damaged zip ({text})'}") from exc
+        return ZipDirectory(url, zip_.size, zip_.etag, members)
     finally:
         if own:
-            remote.close()
-
-
-def _find_eocd(tail: bytes) -> int:
-    pos = tail.rfind(_EOCD)
-    while pos >= 0:
-        if len(tail) - pos >= 22 and pos + 22 + struct.unpack_from("<H", tail, pos + 20)[0] == len(tail):
-            return pos
-        pos = tail.rfind(_EOCD, 0, pos)
-    return -1
-
-
-def _slice_or_read(remote: _Remote, tail: bytes, tail_start: int, offset: int, length: int) -> bytes:
-    if offset >= tail_start and offset + length <= tail_start + len(tail):
-        return tail[offset - tail_start : offset - tail_start + length]
-    return remote.read(offset, offset + length - 1)
-
-
-def _parse_central(url: str, data: bytes, count: int, cd_offset: int) -> list[Member]:
-    raw: list[tuple] = []
-    pos = 0
-    for _ in range(count):
-        if data[pos : pos + 4] != _CENTRAL or pos + 46 > len(data):
-            raise VidcliError(f"{url}: damaged zip (bad central directory entry #{len(raw) + 1})")
-        fields = struct.unpack_from(_CENTRAL_FMT, data, pos)
-        flags, method, crc, csize, size = fields[3], fields[4], fields[7], fields[8], fields[9]
-        name_len, extra_len, comment_len, offset = fields[10], fields[11], fields[12], fields[16]
-        name_bytes = data[pos + 46 : pos + 46 + name_len]
-        name = name_bytes.decode("utf-8" if flags & 0x800 else "cp437", errors="replace")
-        extra = data[pos + 46 + name_len : pos + 46 + name_len + extra_len]
-        size, csize, offset = _zip64_extra(extra, size, csize, offset)
-        raw.append((name, offset, method, flags, crc, csize, size))
-        pos += 46 + name_len + extra_len + comment_len
-    starts = sorted({r[1] for r in raw} | {cd_offset})
-    ends = {a: b for a, b in zip(starts, starts[1:], strict=False)}
-    members = []
-    for name, offset, method, flags, crc, csize, size in raw:
-        if offset >= cd_offset:
-            raise VidcliError(f"{url}: damaged zip (member {name!r} starts inside the central directory)")
-        members.append(Member(name, offset, ends[offset], method, flags, crc, csize, size))
-    return members
-
-
-def _zip64_extra(extra: bytes, size: int, csize: int, offset: int) -> tuple[int, int, int]:
-    pos = 0
-    while pos + 4 <= len(extra):
-        tag, length = struct.unpack_from("<2H", extra, pos)
-        if tag == 1:
-            values = list(struct.unpack_from(f"<{length // 8}Q", extra, pos + 4))
-            if size == 0xFFFFFFFF and values:
-                size = values.pop(0)
-            if csize == 0xFFFFFFFF and values:
-                csize = values.pop(0)
-            if offset == 0xFFFFFFFF and values:
-                offset = values.pop(0)
-        pos += 4 + length
-    return size, csize, offset
+            zip_.close()
 
 
 def _unsafe(name: str) -> bool:
@@ -360,10 +212,10 @@ def catalog(directory: ZipDirectory) -> dict[str, dict[int, list[Clip]]]:
     by_class: dict[str, dict[int, list[Clip]]] = {}
     seen: set[str] = set()
     for member in directory.members:
-        if _unsafe(member.name):
-            raise VidcliError(f"{directory.url}: zip member {member.name!r} has an unsafe path; refusing this zip")
-        match = _CLIP.fullmatch(member.name.rsplit("/", 1)[-1])
-        if not match or member.name.endswith("/"):
+        if _unsafe(member.filename):
+            raise VidcliError(f"{directory.url}: zip member {member.filename!r} has an unsafe path; refusing this zip")
+        match = _CLIP.fullmatch(member.filename.rsplit("/", 1)[-1])
+        if not match or member.is_dir():
             continue
         if match.group(0) in seen:
             raise VidcliError(f"{directory.url}: two zip members are named {match.group(0)}")
@@ -472,9 +324,9 @@ def fetch_ucf101(
         raise VidcliError(f"split {split}: give non-negative counts for {', '.join(SPLITS)}")
     if out.exists() and not out.is_dir():
         raise VidcliError(f"--out {out}: exists and is not a folder")
-    remote = _Remote(url)
+    zip_ = _Zip(url)
     try:
-        directory = read_directory(url, remote)
+        directory = read_directory(url, zip_)
         by_class = catalog(directory)
         chosen = select_classes(list(by_class), classes, class_names)
         plan = [c for cls in chosen for c in plan_splits(by_class[cls], cls, split, split_by, seed)]
@@ -482,11 +334,13 @@ def fetch_ucf101(
         misplaced, unwanted = _prepare(out, plan, force)
         listed = sum(len(g) for c in by_class.values() for g in c.values())
         console.log(f"UCF101 zip lists {listed} clips in {len(by_class)} classes; this selection takes {len(plan)}")
-        stats = _settle_all(remote, out, plan, misplaced, workers)
+        stats = _settle_all(zip_, out, plan, misplaced, workers)
         stats["removed"] = sum(_unlink(p) for paths in [*misplaced.values(), unwanted] for p in paths)
         _remove_empty_folders(out)
+    except OSError as exc:  # listing, moving or sweeping clips under OUT (fsio reports its own writes)
+        raise fail(f"cannot update {exc.filename or out}: {exc.strerror or exc}") from exc
     finally:
-        remote.close()
+        zip_.close()
     manifest = _manifest(directory, chosen, split, split_by, seed, plan)
     fsio.write_json(out / MANIFEST, manifest)
     counts = {s: sum(1 for c in plan if c.split == s) for s in SPLITS if split.get(s)}
@@ -507,10 +361,11 @@ def fetch_ucf101(
 def _check_readable(url: str, plan: list[Clip]) -> None:
     for clip in plan:
         member = clip.member
-        if member.flags & 0x1:
-            raise VidcliError(f"{url}: member {member.name} is encrypted")
-        if member.method not in _METHODS:
-            raise VidcliError(f"{url}: member {member.name} uses zip compression method {member.method}, not supported")
+        if member.flag_bits & 0x1:
+            raise VidcliError(f"{url}: member {member.filename} is encrypted")
+        if member.compress_type not in _METHODS:
+            raise VidcliError(f"{url}: member {member.filename} uses zip compression method {member.compress_type}, "
+                              "not supported")
 
 
 def _prepare(out: Path, plan: list[Clip], force: bool) -> tuple[dict[str, list[Path]], list[Path]]:
@@ -553,12 +408,12 @@ def _clip_files(out: Path) -> list[Path]:
     return sorted(files)
 
 
-def _settle_all(remote: _Remote, out: Path, plan: list[Clip], misplaced: dict[str, list[Path]], workers: int) -> dict:
+def _settle_all(zip_: _Zip, out: Path, plan: list[Clip], misplaced: dict[str, list[Path]], workers: int) -> dict:
     stop = threading.Event()
     tally = {"fetched": 0, "kept": 0, "moved": 0, "bytes_fetched": 0}
     with console.progress(len(plan), "UCF101 clips") as advance:
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ucf101")
-        futures = [pool.submit(_settle, remote, c, out / c.relpath, misplaced.get(c.filename, []), stop) for c in plan]
+        futures = [pool.submit(_settle, zip_, c, out / c.relpath, misplaced.get(c.filename, []), stop) for c in plan]
         try:
             for future in as_completed(futures):
                 outcome, nbytes = future.result()
@@ -581,7 +436,7 @@ def _remove_empty_folders(out: Path) -> None:
                 folder.rmdir()
 
 
-def _settle(remote: _Remote, clip: Clip, dest: Path, candidates: list[Path], stop: threading.Event) -> tuple[str, int]:
+def _settle(zip_: _Zip, clip: Clip, dest: Path, candidates: list[Path], stop: threading.Event) -> tuple[str, int]:
     """Make `dest` hold the member: keep it if it verifies, else move a verified copy, else fetch it."""
     if stop.is_set():
         raise _Stopped()
@@ -593,12 +448,13 @@ def _settle(remote: _Remote, clip: Clip, dest: Path, candidates: list[Path], sto
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, dest)
             return "moved", 0
-    return "fetched", _retry(lambda: _download_member(remote, member, dest, stop), f"fetching {member.name}")
+    what = f"fetching {member.filename}"
+    return "fetched", zip_.remote.retry(lambda: _download_member(zip_, member, dest, stop), what)
 
 
-def _matches(path: Path, member: Member) -> bool:
+def _matches(path: Path, member: zipfile.ZipInfo) -> bool:
     try:
-        if not path.is_file() or path.stat().st_size != member.size:
+        if not path.is_file() or path.stat().st_size != member.file_size:
             return False
         crc = 0
         with open(path, "rb") as f:
@@ -606,47 +462,33 @@ def _matches(path: Path, member: Member) -> bool:
                 crc = zlib.crc32(block, crc)
     except OSError:
         return False
-    return crc == member.crc
+    return crc == member.CRC
 
 
-def _download_member(remote: _Remote, member: Member, dest: Path, stop: threading.Event) -> int:
-    """One Range request covers the local header and the data; the file gets its name only if its CRC-32 matches."""
+def _download_member(zip_: _Zip, member: zipfile.ZipInfo, dest: Path, stop: threading.Event) -> int:
+    """One Range request covers the local header and the data; the file gets its name only once zipfile
+    has checked its CRC-32 at the end of the stream."""
     if stop.is_set():
         raise _Stopped()
-    end = min(member.end, member.offset + 30 + 2 * 0xFFFF + member.csize) - 1
-    with fsio.atomic_path(dest) as tmp, remote.open_range(member.offset, end) as response:
-        body = _Body(response)
-        header = struct.unpack(_LOCAL_FMT, body.read(30))
-        if header[0] != _LOCAL:
-            raise fail(f"{remote.url}: no zip entry where {member.name} should start; has the zip changed?")
-        if member.offset + 30 + header[9] + header[10] + member.csize > end + 1:
-            raise fail(f"{remote.url}: damaged zip ({member.name} runs into the next entry)")
-        body.read(header[9] + header[10])
-        inflate = zlib.decompressobj(-15) if member.method == 8 else None
-        crc = size = 0
-        try:
-            with open(tmp, "wb") as f:
-                for piece in body.stream(member.csize):
-                    if stop.is_set():
-                        raise _Stopped()
-                    data = inflate.decompress(piece, member.size - size + 1) if inflate else piece
-                    crc, size = zlib.crc32(data, crc), size + len(data)
-                    if size > member.size:
-                        break
-                    f.write(data)
-                if inflate and size <= member.size:
-                    data = inflate.flush()
-                    crc, size = zlib.crc32(data, crc), size + len(data)
-                    f.write(data)
-            body.drain()
-        except zlib.error as exc:
-            raise fail(f"{member.name}: corrupt deflate data from {remote.url} ({exc}); file not kept") from exc
-        if (inflate and not inflate.eof) or size != member.size or crc != member.crc:
-            raise fail(
-                f"{member.name}: CRC-32 {crc:08x} / {size} bytes, but the zip's directory says "
-                f"{member.crc:08x} / {member.size} bytes; file not kept (has the zip changed on the server?)"
-            )
-    return member.csize
+    try:
+        with fsio.atomic_path(dest) as tmp, zip_.this_thread().open(member) as src, open(tmp, "wb") as out:
+            size = 0
+            while block := src.read(CHUNK):
+                if stop.is_set():
+                    raise _Stopped()
+                out.write(block)
+                size += len(block)
+            if size != member.file_size:
+                raise zipfile.BadZipFile(f"{size} bytes where the zip's directory says {member.file_size}")
+    except BaseException as exc:
+        zip_.forget_this_thread()
+        if isinstance(exc, EOFError):
+            raise httprange.Transient("connection closed early") from exc
+        if isinstance(exc, (zipfile.BadZipFile, zlib.error)):
+            why = f"{exc}; file not kept (has the zip changed on the server?)"
+            raise fail(f"{member.filename} from {zip_.url}: {why}") from exc
+        raise
+    return member.compress_size
 
 
 def _unlink(path: Path) -> int:
@@ -672,13 +514,13 @@ def _manifest(
         "seed": seed,
         "members": [
             {
-                "name": c.member.name,
+                "name": c.member.filename,
                 "path": c.relpath,
                 "split": c.split,
                 "class": c.cls,
                 "group": c.group,
-                "size": c.member.size,
-                "crc32": f"{c.member.crc:08x}",
+                "size": c.member.file_size,
+                "crc32": f"{c.member.CRC:08x}",
             }
             for c in sorted(plan, key=lambda c: (SPLITS.index(c.split), c.cls, c.filename))
         ],
