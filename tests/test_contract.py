@@ -72,7 +72,7 @@ def test_train_writes_a_complete_run(trained):
     assert (run / f"best{suffix}").is_file() and (run / f"last{suffix}").is_file()
     assert len((run / "history.csv").read_text().splitlines()) == 2
     card = json.loads((run / "card.json").read_text())
-    assert card["arch"] == TOY[name]["arch"] and json.loads(card["labels"]) == ["down", "left", "right"]
+    assert card["arch"] == TOY[name]["arch"] and json.loads(card["labels"]) == ["left", "right", "up"]
 
 
 def test_resume_trains_on(trained, tmp_path):
@@ -120,6 +120,14 @@ def test_export_eval_and_predict_agree(trained, tiny_data):
         args.append("--stream")
     rows = [json.loads(line) for line in _ok(args).splitlines()]
     assert rows and all(len(r["top_k"]) == 2 for r in rows)
+    # A client with only onnxruntime + cv2 + the metadata gets what `vidcli predict` says
+    import onnx_client
+
+    probs = onnx_client.classify(str(onnx_file), str(clip))
+    clip_rows = [json.loads(line) for line in _ok(args[:-1] if name in STREAMS else args).splitlines()]
+    labels = json.loads(meta["labels"])
+    for item in clip_rows[-1]["top_k"]:
+        assert probs[labels.index(item["label"])] == pytest.approx(item["probability"], abs=1e-4)
 
 
 def test_benchmark(trained):

@@ -100,8 +100,8 @@ def predictions(t: Target, split: str, batch_size: int | None = None, workers: i
             pass  # a damaged cache is recomputed
     from vidcli.scoring import score
 
-    models.announce(t.choice)
     model = models.open_model(t.choice)
+    models.announce(t.choice)
     logits = score(model, t.choice.card, source, batch_size or t.batch_size, workers or t.data.workers, clips, crops)
     sources = np.asarray([source.name(i) for i in range(len(source))])
     with fsio.atomic_path(cache, suffix=".npz") as tmp:

@@ -108,7 +108,9 @@ class ModelCard:
             resize = (f"cover_crop: resize keeping the aspect ratio so the frame covers {self.size[0]}x"
                       f"{self.size[1]} times {CROP_RATIO:.6g}, then take the centre {self.size[0]}x{self.size[1]} crop")
         channels = "RGB" if self.channels == 3 else "gray"
+        crop = {"crop_ratio": f"{CROP_RATIO:.10g}"} if self.resize == "cover_crop" else {}
         return {
+            **crop,
             "color": channels,
             "resize": self.resize,
             "resize_rule": resize,
@@ -184,7 +186,7 @@ class ModelCard:
         if resize not in RESIZE_RULES:
             raise bad("resize", f"must be one of {', '.join(RESIZE_RULES)}, got {resize!r}")
         flip = load("flip", False)
-        known = set(cls.__dataclass_fields__) | {"normalization", *cls(["x"], 1, (1, 1)).describe()} | {
+        known = set(cls.__dataclass_fields__) | {"normalization", "crop_ratio", *cls(["x"], 1, (1, 1)).describe()} | {
             STATES_KEY, "stream", "stream_input", "stream_output", "stream_frame_layout", "stream_logits"}
         card = cls(labels=labels, frames=integer("frames"), size=(size[0], size[1]), channels=channels,
                    input_kind=meta.get("input_kind", "videos"), layout=layout, scale=scale, mean=mean, std=std,

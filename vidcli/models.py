@@ -35,16 +35,15 @@ class Choice:
     epoch: int | None = None
 
     def describe(self) -> str:
-        where = f" (run {self.run.path}" if self.run is not None else " ("
-        source = self.card.extra.get("checkpoint")
+        """`path (run R, checkpoint C, epoch E)`: the parts that are known."""
+        parts = [f"run {self.run.path}"] if self.run is not None else []
         if self.kind == "onnx":
-            made = f"exported from {source}" if source else "exported"
-            epoch = self.card.extra.get("checkpoint_epoch")
-            made += f", epoch {epoch}" if epoch else ""
+            source, epoch = self.card.extra.get("checkpoint"), self.card.extra.get("checkpoint_epoch")
+            parts += [f"exported from {source}"] if source else []
         else:
-            made = f"{self.path.name}" + (f", epoch {self.epoch}" if self.epoch is not None else "")
-        text = f"{self.path}{where}{', ' if self.run is not None else ''}{made})"
-        return text.replace("(, ", "(").replace(" ()", "")
+            epoch = self.epoch
+        parts += [f"epoch {epoch}"] if epoch else []
+        return f"{self.path} ({', '.join(parts)})" if parts else str(self.path)
 
 
 # -- cards -------------------------------------------------------------------------------------------------

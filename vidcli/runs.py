@@ -97,16 +97,25 @@ def write_history(run: Run, rows: list[dict]) -> None:
 
 
 def read_history(run: Run) -> list[dict]:
+    """history.csv as rows; a damaged file is one error naming the line (the checkpoint's own copy of the
+    history, which resume uses, is unaffected)."""
     f = run.file("history.csv")
     if not f.is_file():
         return []
-    lines = f.read_text().splitlines()
+    try:
+        lines = f.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VidcliError(f"{f}: not readable ({exc})") from None
     head = lines[0].split(",") if lines else []
+    if head and head[0] != "epoch":
+        raise VidcliError(f"{f}: not a vidcli history (first column {head[0]!r}, expected 'epoch')")
     rows = []
-    for line in lines[1:]:
-        vals = line.split(",")
-        rows.append({k: None if v == "" else (int(v) if k == "epoch" else float(v))
-                     for k, v in zip(head, vals, strict=False)})
+    for n, line in enumerate(lines[1:], 2):
+        try:
+            rows.append({k: None if v == "" else (int(v) if k == "epoch" else float(v))
+                         for k, v in zip(head, line.split(","), strict=True)})
+        except ValueError:
+            raise VidcliError(f"{f}:{n}: damaged row {line[:60]!r}") from None
     return rows
 
 

@@ -19,6 +19,15 @@ class VidcliGroup(TyperGroup):
 
     def main(self, *args, standalone_mode: bool = True, **kwargs):  # type: ignore[override]
         """Usage errors (unknown option, missing argument) as one `error:` line too, not a boxed panel."""
+        from vidcli.console import set_quiet
+
+        set_quiet(False)  # --quiet holds for one command (several run in one process under tests)
+        try:
+            return self._main(*args, standalone_mode=standalone_mode, **kwargs)
+        finally:
+            set_quiet(False)
+
+    def _main(self, *args, standalone_mode: bool = True, **kwargs):
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         try:

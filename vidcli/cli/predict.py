@@ -81,14 +81,17 @@ def register(app: typer.Typer) -> None:
 
         files = _sources(sources)
         choice = models.resolve(model, runs_dir)
-        models.announce(choice)
         name = str(choice.path)
         if stream:
-            results = _stream_results(models.open_stream(choice), files, top_k, as_json, name)
+            m = models.open_stream(choice)
+            models.announce(choice)
+            results = _stream_results(m, files, top_k, as_json, name)
         else:
             from vidcli import inference
 
-            results = inference.predict(models.open_model(choice), files, top_k, clips, index, split, name)
+            m = models.open_model(choice)
+            models.announce(choice)
+            results = inference.predict(m, files, top_k, clips, index, split, name)
         failures = total = 0
         for result in results:
             total += 1
