@@ -67,6 +67,70 @@ def export(run: Run, out: Path | None = None, opset: int | None = None, checkpoi
                         stream=_is_stream(rec))
 
 
+def export_recipe(rec: Any, out: Path, opset: int | None = None, labels_file: Path | None = None,
+                  origin: dict[str, str] | None = None) -> dict:
+    """Build a recipe's model with its `model.pretrained` weights (no training) and export it: how release
+    weights run zero-shot. Class names: `labels_file`, else the data's, else the release's list (Kinetics-400/600),
+    else numbered; with no data the class count comes from the weights file's head."""
+    from vidcli import labels as labels_mod
+    from vidcli import models
+
+    params = registry.check_recipe(rec)
+    spec = registry.spec(rec.model.arch)
+    opset = check_opset(opset or rec.export.opset, spec.backend)
+    source = rec.model.pretrained or getattr(params, "pretrained", None)
+    data = _data_classes(rec) if rec.data.root and Path(rec.data.root).exists() else None
+    if labels_file is not None:
+        names = labels_mod.read_file(labels_file)
+    elif data is not None:
+        names = data
+    elif source:
+        count = registry.head_classes(rec, source)
+        listed = spec.labels_of(source)
+        names = (labels_mod.release_list(listed, count) if listed else None) or labels_mod.numbered(count)
+    else:
+        raise VidcliError(f"{rec.name}: nothing to export: the recipe names no pretrained weights and has no data "
+                          "to take class names from (train it, or give model.pretrained)")
+    backend = registry.backend(rec.model.arch)
+    shape = models.sample_shape(rec)
+    model = backend.build(rec, len(names), shape)
+    card = spec.card(rec, names, shape)
+    card.extra = {**(origin or {}), "producer": f"vidcli {__version__}",
+                  **({"pretrained": str(source)} if source else {})}
+    clips, what = sample_clips(rec, names, card, batch=1 if spec.is_stream(params) else 2)
+    return export_model(backend, model, card, clips, what, out, opset, rec.export.tolerance,
+                        stream=spec.is_stream(params))
+
+
+def release_onnx(name: str) -> Path | None:
+    """`-m movinet_a0_base`: a known release name, exported once (weights downloaded) into the cache; None when
+    no family knows the name."""
+    import os
+
+    from vidcli import recipe as recipe_mod
+
+    for arch in registry.FAMILIES:
+        raw = registry.spec(arch).releases(name)
+        if raw is None:
+            continue
+        cache = Path(os.environ.get("VIDCLI_CACHE") or Path.home() / ".cache" / "vidcli") / "exports"
+        path = cache / f"{name}.onnx"
+        if not path.is_file():
+            log(f"{name}: exporting the release for zero-shot use (once) to {path}")
+            export_recipe(recipe_mod.parse(raw), path, origin={"release": name})
+        return path
+    return None
+
+
+def _data_classes(rec: Any) -> list[str] | None:
+    from vidcli.datasets.source import open_source
+
+    try:
+        return list(open_source(rec.data, "train").classes)
+    except VidcliError:
+        return None
+
+
 def _is_stream(rec: Any) -> bool:
     return registry.spec(rec.model.arch).is_stream(registry.check_recipe(rec))
 

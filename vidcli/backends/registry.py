@@ -94,6 +94,14 @@ def load_pretrained(rec: Any, params: Any, model: Any) -> None:
         _import(fam.loader, f"model.arch '{rec.model.arch}'").load_pretrained(model, source, params)
 
 
+def head_classes(rec: Any, source: str) -> int:
+    """How many classes the head of a pretrained weights file has (the family loader reads the file)."""
+    fam = spec(rec.model.arch)
+    if fam.loader is None:
+        raise VidcliError(f"model.pretrained: '{rec.model.arch}' has no pretrained checkpoints")
+    return _import(fam.loader, f"model.arch '{rec.model.arch}'").head_classes(source)
+
+
 def _general_rules(rec: Any, fam: FamilySpec) -> list[tuple[str, str]]:
     """Keys whose effect depends on other keys: asked for where nothing would use them."""
     d, t = rec.data, rec.train

@@ -13,26 +13,44 @@ from vidcli.cli.common import JSON, QUIET, Checkpoint
 def register(app: typer.Typer) -> None:
     @app.command("export-onnx")
     def export_onnx(
-        run: Path = typer.Argument(..., help="Run folder to export.", show_default=False),
-        out: Path = typer.Option(None, "--out", help="Output file (default: RUN/model.onnx).", show_default=False),
+        source: Path = typer.Argument(..., help="A run folder, or a recipe .yaml whose model.pretrained weights are "
+                                      "exported without training.", show_default=False),
+        out: Path = typer.Option(None, "--out", help="Output file (default: RUN/model.onnx; a recipe: NAME.onnx).",
+                                 show_default=False),
         opset: int = typer.Option(None, "--opset", help="ONNX opset (default: the recipe's export.opset).",
                                   show_default=False),
-        checkpoint: Checkpoint = typer.Option("best", "--checkpoint", help="Which of the run's checkpoints."),
+        checkpoint: Checkpoint = typer.Option("best", "--checkpoint", help="Which of a run's checkpoints."),
+        set_: list[str] = typer.Option([], "--set", help="Override a recipe key (recipes only)."),
+        labels: Path = typer.Option(None, "--labels", help="Class names, one per line (recipes only; default: the "
+                                    "data's, else the release's Kinetics list, else numbered).", show_default=False),
         as_json: bool = JSON,
         quiet: bool = QUIET,
     ) -> None:
-        """Export a run's model to ONNX with its model card inside (labels, sampling, resize rule, normalisation,
+        """Export a model to ONNX with its model card inside (labels, sampling, resize rule, normalisation,
         layout); writes the file only when ONNX Runtime agrees with the framework.
 
         \b
         Examples:
           vidcli export-onnx runs/quickstart/1
           vidcli export-onnx runs/quickstart/1 --checkpoint last --out last.onnx --json
+          vidcli export-onnx recipes/movinet_a0.yaml --out movinet_a0.onnx
+          vidcli export-onnx recipes/tsm_r50_kinetics.yaml --labels kinetics400.txt
         """
-        from vidcli.exporting import export
-        from vidcli.runs import Run
+        from vidcli import exporting
+        from vidcli.errors import VidcliError
 
-        result = export(Run.open(run), out, opset, checkpoint)
+        if source.suffix.lower() in (".yaml", ".yml"):
+            from vidcli import recipe as recipe_mod
+
+            rec = recipe_mod.load(source, set_)
+            result = exporting.export_recipe(rec, out or Path(f"{rec.name}.onnx"), opset, labels,
+                                             {"recipe": str(source)})
+        else:
+            if set_ or labels is not None:
+                raise VidcliError("--set and --labels apply to a recipe; a run keeps its own recipe and labels")
+            from vidcli.runs import Run
+
+            result = exporting.export(Run.open(source), out, opset, checkpoint)
         if as_json:
             typer.echo(json.dumps(result))
         else:

@@ -50,8 +50,8 @@ def register(app: typer.Typer) -> None:
         sources: list[str] = typer.Argument(..., help="Video files, folders, globs, or - to read paths from stdin "
                                             "(also .npy volumes, or an .npz with --index).", show_default=False),
         model: Path = typer.Option(None, "--model", "-m", help="An .onnx file, a run folder (its model.onnx, else "
-                                   "its best checkpoint) or a checkpoint file (default: the newest finished run).",
-                                   show_default=False),
+                                   "its best checkpoint), a checkpoint file, or a release name such as "
+                                   "movinet_a0_base (default: the newest finished run).", show_default=False),
         top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many labels to show."),
         clips: int = typer.Option(1, "--clips", min=1, help="Average over N evenly spaced clips (long videos)."),
         runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where to look for the newest run."),
@@ -80,6 +80,10 @@ def register(app: typer.Typer) -> None:
         from vidcli import models
 
         files = _sources(sources)
+        if model is not None and not model.exists() and "/" not in str(model):
+            from vidcli.exporting import release_onnx
+
+            model = release_onnx(str(model)) or model  # a release name, e.g. movinet_a0_base
         choice = models.resolve(model, runs_dir)
         name = str(choice.path)
         if stream:

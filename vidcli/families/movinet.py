@@ -7,6 +7,7 @@ checked before TensorFlow loads; the Keras network is `vidcli.backends.keras.mov
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -180,6 +181,20 @@ class MovinetParams:
 
 
 Params = MovinetParams
+RELEASE = re.compile(r"movinet_(a[0-5])_(base|stream)")  # the Kinetics-600 releases: names, URLs, tarballs
+
+
+def release_recipe(name: str) -> dict | None:
+    """`predict -m movinet_a0_base`: the release run zero-shot on Kinetics-600's classes, at the resolution and
+    frame rate of its training (172x172 for A0-A2, more for A3-A5; 16 frames, every 6th of a 30 fps video)."""
+    m = RELEASE.fullmatch(name)
+    if m is None:
+        return None
+    size = {"a3": 256, "a4": 290, "a5": 320}.get(m.group(1), 172)
+    return {"name": name, "description": f"{name} zero-shot (Kinetics-600)",
+            "data": {"root": "", "frames": 16, "frame_step": 6, "size": [size, size]},
+            "model": {"arch": "movinet", "pretrained": name,
+                      "params": {"model_id": m.group(1), "causal": m.group(2) == "stream"}}}
 
 SPEC = FamilySpec(
     name="movinet",
@@ -192,4 +207,6 @@ SPEC = FamilySpec(
     stream=lambda params: params.causal,
     stream_module="vidcli.backends.keras.movinet_stream",
     loader="vidcli.backends.keras.movinet_import",
+    labels_of=lambda source: "kinetics600" if RELEASE.search(str(source)) else None,
+    releases=release_recipe,
 )

@@ -209,4 +209,5 @@ SPEC = FamilySpec(
     stream=lambda params: params.online,
     stream_module="vidcli.backends.torch.tsm_online",
     loader="vidcli.backends.torch.tsm_import",
+    labels_of=lambda source: "kinetics400" if (parse_release_name(source) or {}).get("dataset") == "kinetics" else None,
 )

@@ -231,6 +231,21 @@ def _listing(names: list[str]) -> str:
     return f"{len(names)}: {shown}{more}"
 
 
+def head_classes(source: str) -> int:
+    """The class count of a checkpoint's classifier head (600 for the Kinetics-600 releases)."""
+    import tensorflow as tf
+
+    prefix = resolve_checkpoint(source)
+    try:
+        shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+    except (tf.errors.OpError, ValueError) as exc:
+        raise VidcliError(f"{source}: cannot read the checkpoint ({exc})") from exc
+    for key in (CLASSIFIER + "_classifier/_conv/bias" + SUFFIX, CLASSIFIER + "_classifier/_conv/_conv/bias" + SUFFIX):
+        if key in shapes:
+            return int(shapes[key][0])
+    raise VidcliError(f"{source}: no classifier head in the checkpoint")
+
+
 def load_pretrained(model: keras.Model, source: str, params: MovinetParams) -> None:
     """Fill `model` from the checkpoint at `source`; see the module docstring for what strict means."""
     import tensorflow as tf
