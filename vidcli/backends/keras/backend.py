@@ -206,7 +206,7 @@ def fit(run: Run, rec: recipe_mod.Recipe, train_src: Source, val_src: Source | N
     replicas = strategy.num_replicas_in_sync if strategy is not None else 1
     run.update_state(status="training", params=int(model.count_params()), replicas=replicas)
     try:
-        with interrupts.deferred():
+        with interrupts.deferred(), kdata.guard():  # decode threads drained before anything else
             if strategy is not None:
                 kdist.train_loop(model, strategy, rec, train_src, val_src, first_epoch, callbacks, cw, cb)
             else:
@@ -231,8 +231,9 @@ def fit(run: Run, rec: recipe_mod.Recipe, train_src: Source, val_src: Source | N
 
 def predict_source(model: keras.Model, source: Source, batch_size: int, workers: int) -> np.ndarray:
     errors: list = []
-    ds = kdata.eval_dataset(source, batch_size, workers, errors)
-    logits = model.predict(ds.map(lambda x, y: x), verbose=0)
+    with kdata.guard():
+        ds = kdata.eval_dataset(source, batch_size, workers, errors)
+        logits = model.predict(ds.map(lambda x, y: x), verbose=0)
     if errors:
         raise errors[0]
     return np.asarray(logits, dtype=np.float32)
