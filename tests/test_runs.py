@@ -239,3 +239,66 @@ def test_gpus_are_read_from_nvidia_smi(tmp_path, monkeypatch):
     assert runs.gpus() == []
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     assert runs.gpus() == []
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "..", "", ".hidden", "a/b", "a\\b", "x\x00", "\n"])
+def test_create_refuses_names_that_are_not_one_folder(tmp_path, name):
+    root = tmp_path / "deep" / "runs"
+    with pytest.raises(VidcliError) as info:
+        runs.create(root, name)
+    assert info.value.exit_code == 2 and "name:" in str(info.value) and "\n" not in str(info.value)
+    assert not root.exists() and list(tmp_path.rglob("*")) == []
+
+
+def _unwritable(tmp_path: Path) -> Path:
+    """A folder this process cannot write in, even as root (root ignores mode bits; /sys refuses it too)."""
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        return ro / "runs"
+    if Path("/sys").is_dir() and _mkdir_fails(Path("/sys")):
+        return Path("/sys") / "vidcli-test-runs"
+    pytest.skip("no folder here that root cannot write")
+
+
+def _mkdir_fails(parent: Path) -> bool:
+    probe = parent / "vidcli-probe"
+    try:
+        probe.mkdir()
+    except OSError:
+        return True
+    probe.rmdir()
+    return False
+
+
+@pytest.mark.parametrize("kind", ["read-only", "a file", "under a file"])
+def test_runs_dir_that_cannot_be_written_is_a_failure_line(tmp_path, kind):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    root = {"read-only": _unwritable(tmp_path), "a file": blocker, "under a file": blocker / "runs"}[kind]
+    with pytest.raises(VidcliError) as info:
+        runs.create(root, "exp")
+    assert info.value.exit_code == 1
+    msg = str(info.value)
+    assert msg.startswith(f"cannot make a run folder in {root}: ") and "\n" not in msg
+
+
+def test_read_only_runs_dir_through_the_cli(tmp_path):
+    """`vidcli train --runs-dir <read-only>`: one `error:` line, exit 1 (the job failed; the input was fine)."""
+    from conftest import one_error_line, write_recipe
+    from typer.testing import CliRunner
+
+    from vidcli.cli.main import app
+    from vidcli.datasets.synth import write_synth_videos
+
+    data = write_synth_videos(tmp_path / "data", classes=2, counts={"train": 1, "val": 0, "test": 0}, frames=4,
+                              size=32, workers=1)
+    rec = write_recipe(tmp_path / "r.yaml", {"name": "ro", "data": {"root": str(data), "frames": 2, "size": [32, 32]},
+                                             "model": {"arch": "r2plus1d", "params": {"filters": [4]}},
+                                             "train": {"epochs": 1, "batch_size": 2}})
+    root = _unwritable(tmp_path)
+    result = CliRunner().invoke(app, ["train", str(rec), "--runs-dir", str(root)])
+    assert result.exit_code == 1, result.stderr + repr(result.exception)
+    assert "cannot make a run folder" in one_error_line(result.stderr, only=False)
+    assert not root.exists()

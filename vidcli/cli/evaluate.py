@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import typer
+
+Split = Literal["train", "val", "test"]
 
 RUN = typer.Argument(..., help="Run folder, e.g. runs/quickstart/1.")
 SPLIT = typer.Option("test", "--split", help="Which split to evaluate: train, val or test.")
 JSON = typer.Option(False, "--json", help="Print JSON to stdout.")
-BATCH = typer.Option(None, "--batch-size", help="Batch size (default: the recipe's).")
+BATCH = typer.Option(None, "--batch-size", min=1, help="Batch size (default: the recipe's).")
 CLIPS = typer.Option(1, "--clips", min=1, help="Clips per video, averaged (data.sampling segments/dense).")
 CROPS = typer.Option(1, "--crops", help="Crops per clip: 1, 3 or 10, averaged (data.sampling segments/dense).")
 
@@ -23,7 +26,7 @@ def _run(path: Path):
 
 def register(app: typer.Typer) -> None:
     @app.command("eval")
-    def eval_(run: Path = RUN, split: str = SPLIT, as_json: bool = JSON, batch_size: int = BATCH,
+    def eval_(run: Path = RUN, split: Split = SPLIT, as_json: bool = JSON, batch_size: int = BATCH,
               clips: int = CLIPS, crops: int = CROPS) -> None:
         """Top-1, top-5, mean-class accuracy and loss on a split (also saved to metrics.json)."""
         from vidcli import evaluation
@@ -44,7 +47,7 @@ def register(app: typer.Typer) -> None:
         out.print(table)
 
     @app.command("confusion")
-    def confusion(run: Path = RUN, split: str = SPLIT, as_json: bool = JSON, batch_size: int = BATCH) -> None:
+    def confusion(run: Path = RUN, split: Split = SPLIT, as_json: bool = JSON, batch_size: int = BATCH) -> None:
         """Confusion matrix: heatmap PNGs (counts and row-normalised) and a CSV in the run folder."""
         from vidcli import evaluation
 
@@ -57,7 +60,7 @@ def register(app: typer.Typer) -> None:
             out.print(f"{result['png']}\n{result['png_normalized']}\n{result['csv']}")
 
     @app.command("precision-recall")
-    def precision_recall(run: Path = RUN, split: str = SPLIT, as_json: bool = JSON, batch_size: int = BATCH) -> None:
+    def precision_recall(run: Path = RUN, split: Split = SPLIT, as_json: bool = JSON, batch_size: int = BATCH) -> None:
         """Per-class precision, recall, F1, support and AP (table, CSV, JSON) and one-vs-rest PR curves."""
         from vidcli import evaluation
 
