@@ -302,3 +302,44 @@ def test_read_only_runs_dir_through_the_cli(tmp_path):
     assert result.exit_code == 1, result.stderr + repr(result.exception)
     assert "cannot make a run folder" in one_error_line(result.stderr, only=False)
     assert not root.exists()
+
+
+@pytest.mark.parametrize("command", ["eval", "confusion", "precision-recall"])
+@pytest.mark.parametrize("args", [["--batch-size", "0"], ["--batch-size", "-3"], ["--split", "../x"]])
+def test_run_commands_refuse_bad_options(tmp_path, command, args):
+    from conftest import one_error_line
+    from typer.testing import CliRunner
+
+    from vidcli.cli.main import app
+
+    run = runs.start(tmp_path, _rec(), ["a"], "keras")
+    result = CliRunner().invoke(app, [command, str(run.path), *args])
+    assert result.exit_code == 2, result.stderr + repr(result.exception)
+    assert args[0] in one_error_line(result.stderr)
+    assert not run.file("predictions").exists()
+
+
+@pytest.mark.parametrize(("arch", "opset", "allowed"), [("r2plus1d", "3", "[11, 18]"), ("r2plus1d", "19", "[11, 18]"),
+                                                        ("tsm", "9", "[10, 20]"), ("tsm", "21", "[10, 20]")])
+def test_export_refuses_an_opset_its_exporter_cannot_write(tmp_path, arch, opset, allowed):
+    from conftest import one_error_line
+    from typer.testing import CliRunner
+
+    from vidcli.cli.main import app
+
+    run = runs.start(tmp_path, recipe.parse({"name": "exp", "model": {"arch": arch}}), ["a"], "keras")
+    result = CliRunner().invoke(app, ["export-onnx", str(run.path), "--opset", opset])
+    assert result.exit_code == 2, result.stderr + repr(result.exception)
+    line = one_error_line(result.stderr)
+    assert "--opset" in line and allowed in line
+    assert not run.file("model.onnx").exists()
+
+
+def test_export_opset_help_matches_the_ranges():
+    from typer.testing import CliRunner
+
+    from vidcli.cli.main import app
+
+    text = " ".join(CliRunner().invoke(app, ["export-onnx", "--help"]).stdout.split())
+    for lo, hi in recipe.OPSETS.values():
+        assert f"{lo}-{hi}" in text
