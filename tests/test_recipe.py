@@ -194,9 +194,10 @@ def test_model_params_validated_against_family():
 
 # (override, key named in the error, words of the allowed range in the error)
 OUT_OF_RANGE = [
-    ("train.epochs=-1", "train.epochs", ">= 1"),
-    ("train.epochs=0", "train.epochs", ">= 1"),
-    ("train.epochs=99999999999", "train.epochs", "2147483647"),
+    ("train.epochs=-1", "train.epochs", "[1, 100000]"),
+    ("train.epochs=0", "train.epochs", "[1, 100000]"),
+    ("train.epochs=100001", "train.epochs", "[1, 100000]"),
+    ("train.batch_size=99999999999", "train.batch_size", "2147483647"),
     ("train.batch_size=0", "train.batch_size", ">= 1"),
     ("train.batch_size=-3", "train.batch_size", ">= 1"),
     ("train.learning_rate=.nan", "train.learning_rate", "finite number > 0"),
@@ -225,6 +226,7 @@ OUT_OF_RANGE = [
     ("data.frame_step=0", "data.frame_step", ">= 1"),
     ("data.size=[0, 0]", "data.size[0]", "[1, 8192]"),
     ("data.size=[32, -1]", "data.size[1]", "[1, 8192]"),
+    ("data={frames: 16, size: [8192, 8192]}", "data.frames x data.size", "at most 2 GiB"),
     ("data.workers=-1", "data.workers", "[0, 1024]"),
     ("data.max_bad_fraction=-1", "data.max_bad_fraction", "[0, 1]"),
     ("data.max_bad_fraction=1.5", "data.max_bad_fraction", "[0, 1]"),
@@ -330,6 +332,12 @@ def test_binary_recipe_is_one_line(tmp_path, data):
     p.write_bytes(data)
     msg = _error(recipe.load, p)
     assert str(p) in msg and ("binary" in msg or "UTF-8" in msg)
+
+
+def test_utf16_recipe_says_so(tmp_path):
+    p = tmp_path / "utf16.yaml"
+    p.write_bytes("name: x\n".encode("utf-16"))
+    assert "UTF-16" in _error(recipe.load, p)
 
 
 def test_control_characters_in_text_are_invalid_yaml(tmp_path):

@@ -23,6 +23,8 @@ from vidcli.errors import VidcliError
 
 INT_MAX = 2**31 - 1  # TensorFlow sizes and steps are int32
 SEED_MAX = 2**32 - 1  # NumPy's legacy seed, which keras.utils.set_random_seed sets
+EPOCHS_MAX = 100_000  # the Keras pipeline lays out every epoch's sample order up front
+CLIP_BYTES_MAX = 2**31  # one uint8 clip (frames x height x width x 3)
 # ONNX opsets each exporter writes for every family, checked in ONNX Runtime (benchmarks/BENCHMARKS.md): tf2onnx 1.17
 # stops at 18 and the (2+1)D model needs 11; torch.onnx's TorchScript exporter stops at 20 and TSM needs 10.
 OPSETS = {"keras": (11, 18), "torch": (10, 20)}
@@ -154,6 +156,11 @@ class DataConfig:
         _check_path(self.root, "data.root")
         check_ranges(self, "data", {"frames": at_least(1, 4096), "frame_step": at_least(1), "size": at_least(1, 8192),
                                     "workers": at_least(0, 1024), "max_bad_fraction": FRACTION})
+        clip = self.frames * self.size[0] * self.size[1] * 3
+        if clip > CLIP_BYTES_MAX:
+            h, w = self.size
+            raise VidcliError(f"data.frames x data.size: one clip would take {clip / 2**30:.1f} GiB; at most "
+                              f"{CLIP_BYTES_MAX // 2**30} GiB (got {self.frames} frames of {h}x{w})")
 
 
 @dataclass
@@ -200,7 +207,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, "train", {
-            "epochs": at_least(1), "batch_size": at_least(1), "learning_rate": POSITIVE,
+            "epochs": at_least(1, EPOCHS_MAX), "batch_size": at_least(1), "learning_rate": POSITIVE,
             "step_epochs": at_least(1), "step_gamma": Range(0, 1, lo_open=True), "warmup_epochs": at_least(0),
             "weight_decay": Range(0), "momentum": Range(0, 1, hi_open=True), "clip_grad_norm": POSITIVE,
             "head_lr_mult": POSITIVE, "early_stopping": at_least(1), "seed": at_least(0, SEED_MAX),
@@ -438,6 +445,8 @@ def load_raw(path: str | Path) -> dict[str, Any]:
         data = p.read_bytes()
     except OSError as exc:
         raise VidcliError(f"{p}: cannot read the recipe ({exc.strerror or exc})") from None
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise VidcliError(f"{p}: UTF-16 text; save the recipe as UTF-8")
     if b"\x00" in data:
         raise VidcliError(f"{p}: not a recipe (a binary file, not YAML text)")
     try:
