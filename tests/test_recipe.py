@@ -352,6 +352,12 @@ def test_deeply_nested_yaml_is_one_line(tmp_path):
     assert "YAML" in _error(recipe.load, p)
 
 
+@pytest.mark.parametrize("text", ["name: 2024-13-45\n", "train:\n  epochs: " + "9" * 5000 + "\n"])
+def test_values_yaml_cannot_build_are_one_line(tmp_path, text):
+    assert "not valid YAML" in _error(recipe.load, _write(tmp_path, text))
+    assert "not valid YAML" in _error(recipe.load, _write(tmp_path, BASE), ["train.seed=" + text.split(": ")[1]])
+
+
 def test_recipe_that_is_a_folder(tmp_path):
     (tmp_path / "dir.yaml").mkdir()
     assert "not found" in _error(recipe.load, tmp_path / "dir.yaml")

@@ -417,8 +417,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise VidcliError(f"--set {item!r}: empty key")
         try:
             value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise VidcliError(f"--set {item!r}: value is not valid YAML ({exc.__class__.__name__})") from exc
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: a date or number YAML cannot build
+            raise VidcliError(f"--set {item!r}: value is not valid YAML ({exc.__class__.__name__})") from None
         node = raw
         for part in parts[:-1]:
             child = node.get(part)
@@ -463,6 +463,8 @@ def load_raw(path: str | Path) -> dict[str, Any]:
         raise VidcliError(f"{p}: not valid YAML{where}") from None
     except RecursionError:
         raise VidcliError(f"{p}: not valid YAML (nested too deeply)") from None
+    except ValueError as exc:  # a value YAML recognises but cannot build: 2024-13-45, an int of 5000 digits
+        raise VidcliError(f"{p}: not valid YAML ({str(exc)[:60]})") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
