@@ -271,3 +271,22 @@ def test_ten_real_interrupts_at_random_moments_all_exit_130(tmp_path, tiny_data)
         result = runner.invoke(app, ["train", "--resume", str(run), "--set", f"train.epochs={done + 1}"])
         assert result.exit_code == 0, result.stderr + repr(result.exception)
         assert _state(run)["status"] == "finished" and _state(run)["epochs_done"] == done + 1
+
+
+def test_interrupt_before_the_first_checkpoint_leaves_no_run_folder(tmp_path, tiny_data, monkeypatch):
+    """Ctrl-C while the model is still being built: nothing to resume, so no run folder is left behind."""
+    from conftest import one_error_line
+    from typer.testing import CliRunner
+
+    from vidcli.backends.keras import backend
+    from vidcli.cli.main import app
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backend, "build", interrupted)
+    recipe = write_recipe(tmp_path / "tiny.yaml", tiny_recipe_dict(tiny_data, epochs=1, tensorboard=False))
+    result = CliRunner().invoke(app, ["train", str(recipe), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 130, result.stderr + repr(result.exception)
+    assert "interrupted" in one_error_line(result.stderr, only=False)
+    assert not list((tmp_path / "runs").glob("*/*"))
