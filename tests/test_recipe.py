@@ -188,3 +188,219 @@ def test_model_params_validated_against_family():
     assert "model.params.filter" in msg and "'filters'" in msg
     msg = _error(recipe.from_dict, Params, {"kernel": [3, 3]}, "model.params")
     assert "model.params.kernel" in msg and "3 values" in msg
+
+
+# -- ranges: every numeric key is checked up front, the message names the key and what it allows ----------
+
+# (override, key named in the error, words of the allowed range in the error)
+OUT_OF_RANGE = [
+    ("train.epochs=-1", "train.epochs", "[1, 100000]"),
+    ("train.epochs=0", "train.epochs", "[1, 100000]"),
+    ("train.epochs=100001", "train.epochs", "[1, 100000]"),
+    ("train.batch_size=99999999999", "train.batch_size", "2147483647"),
+    ("train.batch_size=0", "train.batch_size", ">= 1"),
+    ("train.batch_size=-3", "train.batch_size", ">= 1"),
+    ("train.learning_rate=.nan", "train.learning_rate", "finite number > 0"),
+    ("train.learning_rate=.inf", "train.learning_rate", "finite number > 0"),
+    ("train.learning_rate=0", "train.learning_rate", "> 0"),
+    ("train.learning_rate=-0.1", "train.learning_rate", "> 0"),
+    ("train.warmup_epochs=-1", "train.warmup_epochs", ">= 0"),
+    ("train.warmup_epochs=2", "train.warmup_epochs", "less than train.epochs"),
+    ("train.weight_decay=-0.01", "train.weight_decay", ">= 0"),
+    ("train.weight_decay=.inf", "train.weight_decay", "finite"),
+    ("train.momentum=1", "train.momentum", "[0, 1)"),
+    ("train.momentum=-0.5", "train.momentum", "[0, 1)"),
+    ("train.clip_grad_norm=0", "train.clip_grad_norm", "> 0"),
+    ("train.clip_grad_norm=.nan", "train.clip_grad_norm", "> 0"),
+    ("train.head_lr_mult=0", "train.head_lr_mult", "> 0"),
+    ("train.early_stopping=0", "train.early_stopping", ">= 1"),
+    ("train.step_epochs=[0, 2]", "train.step_epochs[0]", ">= 1"),
+    ("train.step_epochs=[3, 2]", "train.step_epochs", "increasing"),
+    ("train.step_epochs=[2, 2]", "train.step_epochs", "increasing"),
+    ("train.step_gamma=0", "train.step_gamma", "(0, 1]"),
+    ("train.step_gamma=1.5", "train.step_gamma", "(0, 1]"),
+    ("train.seed=-1", "train.seed", ">= 0"),
+    ("train.seed=4294967296", "train.seed", "4294967295"),
+    ("train.lr_base_batch=0", "train.lr_base_batch", ">= 1"),
+    ("data.frames=0", "data.frames", "[1, 4096]"),
+    ("data.frame_step=0", "data.frame_step", ">= 1"),
+    ("data.size=[0, 0]", "data.size[0]", "[1, 8192]"),
+    ("data.size=[32, -1]", "data.size[1]", "[1, 8192]"),
+    ("data={frames: 16, size: [8192, 8192]}", "data.frames x data.size", "at most 2 GiB"),
+    ("data.workers=-1", "data.workers", "[0, 1024]"),
+    ("data.max_bad_fraction=-1", "data.max_bad_fraction", "[0, 1]"),
+    ("data.max_bad_fraction=1.5", "data.max_bad_fraction", "[0, 1]"),
+    ("data.max_bad_fraction=.nan", "data.max_bad_fraction", "[0, 1]"),
+    ("data.synth.classes=0", "data.synth.classes", "[1, 8]"),
+    ("data.synth.classes=9", "data.synth.classes", "[1, 8]"),
+    ("data.synth.train=0", "data.synth.train", "[1, 100000]"),
+    ("data.synth.val=-1", "data.synth.val", "[0, 100000]"),
+    ("data.synth.test=-2", "data.synth.test", "[0, 100000]"),
+    ("data.synth.frames=1", "data.synth.frames", "[2, 10000]"),
+    ("data.synth.size=0", "data.synth.size", "[16, 4096]"),
+    ("data.synth.seed=-5", "data.synth.seed", ">= 0"),
+    ("data.synth={volumes: true, classes: 7}", "data.synth.classes", "[1, 6]"),
+    ("data.synth={volumes: true, classes: 2, size: 200}", "data.synth.size", "[8, 128]"),
+    ("export.opset=3", "export.opset", "[10, 20]"),
+    ("export.opset=99", "export.opset", "[10, 20]"),
+    ("export.opset=19", "export.opset", "[11, 18] for keras"),
+    ("export.tolerance=0", "export.tolerance", "> 0"),
+    ("export.tolerance=.nan", "export.tolerance", "> 0"),
+    ("export.tolerance=-1.0e-4", "export.tolerance", "> 0"),
+    ("train.learning_rate=" + "9" * 400, "train.learning_rate", "too large"),
+    ("data.root=''", "data.root", "empty"),
+    ("model.pretrained=' '", "model.pretrained", "empty"),
+]
+
+
+@pytest.mark.parametrize(("override", "key", "allowed"), OUT_OF_RANGE, ids=[c[0][:40] for c in OUT_OF_RANGE])
+def test_out_of_range_values_name_key_and_range(tmp_path, override, key, allowed):
+    msg = _error(recipe.load, _write(tmp_path, BASE), [override])
+    assert f"{key}:" in msg and allowed in msg, msg
+
+
+def _numeric_fields(cls, prefix: str) -> set[str]:
+    import dataclasses
+    import typing
+
+    keys = set()
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        args = set(typing.get_args(tp)) | {tp}
+        if args & {int, float} or any(typing.get_args(a) and set(typing.get_args(a)) & {int, float} for a in args):
+            keys.add(f"{prefix}.{f.name}")
+    return keys
+
+
+def test_every_numeric_key_has_a_refused_value():
+    """A numeric key added later without a range check fails here until it gets one (and a case above)."""
+    numeric = (_numeric_fields(recipe.TrainConfig, "train") | _numeric_fields(recipe.DataConfig, "data")
+               | _numeric_fields(recipe.SynthConfig, "data.synth") | _numeric_fields(recipe.ExportConfig, "export"))
+    tested = {key.split("[")[0] for _, key, _ in OUT_OF_RANGE}
+    assert numeric - tested == set()
+
+
+@pytest.mark.parametrize("override", [
+    "train.momentum=0", "train.step_gamma=1", "train.warmup_epochs=1", "train.weight_decay=0", "train.seed=0",
+    "train.seed=4294967295", "data.workers=0", "data.max_bad_fraction=0", "data.max_bad_fraction=1",
+    "data.frames=1", "data.frame_step=1", "data.size=[1, 1]", "data.synth.val=0", "data.synth.classes=8",
+    "export.opset=11", "export.opset=18", "train.step_epochs=[1, 2]", "train.early_stopping=1",
+    "train.clip_grad_norm=1.0e-9", "data.synth={volumes: true, classes: 6, size: 8}",
+])
+def test_values_at_the_edges_are_accepted(tmp_path, override):
+    recipe.load(_write(tmp_path, BASE), [override])
+
+
+def test_opset_range_follows_the_backend(tmp_path):
+    tsm = {**BASE, "model": {"arch": "tsm"}}
+    assert recipe.load(_write(tmp_path, tsm), ["export.opset=20"]).export.opset == 20
+    assert "[10, 20]" in _error(recipe.load, _write(tmp_path, tsm), ["export.opset=21"])
+    assert "[11, 18] for keras" in _error(recipe.load, _write(tmp_path, BASE), ["export.opset=10"])
+    assert recipe.check_opset(18, "keras") == 18
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "..", ".", "", "  ", ".hidden", "a/b", "a\\b", "/abs",
+                                  "tab\there", "new\nline", "nul\x00", "bell\x07", "x" * 129, " padded"])
+def test_unsafe_run_names_are_refused(tmp_path, name):
+    msg = _error(recipe.load, _write(tmp_path, {**BASE, "name": name}))
+    assert msg.split(": ", 1)[1].startswith("name:") and "run folder" in msg
+    assert recipe.name_problem(name)
+
+
+@pytest.mark.parametrize("name", ["tiny", "r2plus1d_ucf101", "exp-1.2", "my run", "café", "2024"])
+def test_ordinary_run_names_are_fine(tmp_path, name):
+    assert recipe.load(_write(tmp_path, {**BASE, "name": name})).name == name
+
+
+def test_name_taken_from_an_unsafe_file_name_says_so(tmp_path):
+    raw = {k: v for k, v in BASE.items() if k != "name"}
+    msg = _error(recipe.load, _write(tmp_path, raw, ".hidden.yaml"))
+    assert "'.hidden'" in msg and "file's name" in msg and "set name:" in msg
+
+
+def test_non_utf8_recipe_is_one_line(tmp_path):
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes("name: caf\u00e9\ntrain:\n  epochs: 2\n".encode("latin-1"))
+    msg = _error(recipe.load, p)
+    assert str(p) in msg and "UTF-8" in msg and "0xe9" in msg and "line 1" in msg
+
+
+@pytest.mark.parametrize("data", [bytes(range(256)), b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", b"name: x\x00\n",
+                                  b"\xff\xfe\x00n\x00a"])
+def test_binary_recipe_is_one_line(tmp_path, data):
+    p = tmp_path / "binary.yaml"
+    p.write_bytes(data)
+    msg = _error(recipe.load, p)
+    assert str(p) in msg and ("binary" in msg or "UTF-8" in msg)
+
+
+def test_utf16_recipe_says_so(tmp_path):
+    p = tmp_path / "utf16.yaml"
+    p.write_bytes("name: x\n".encode("utf-16"))
+    assert "UTF-16" in _error(recipe.load, p)
+
+
+def test_control_characters_in_text_are_invalid_yaml(tmp_path):
+    p = tmp_path / "ctl.yaml"
+    p.write_bytes(b"name: a\x07b\n")
+    assert "not valid YAML" in _error(recipe.load, p)
+
+
+def test_deeply_nested_yaml_is_one_line(tmp_path):
+    p = tmp_path / "deep.yaml"
+    p.write_text("name: x\ndescription: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert "YAML" in _error(recipe.load, p)
+
+
+@pytest.mark.parametrize("text", ["name: 2024-13-45\n", "train:\n  epochs: " + "9" * 5000 + "\n"])
+def test_values_yaml_cannot_build_are_one_line(tmp_path, text):
+    assert "not valid YAML" in _error(recipe.load, _write(tmp_path, text))
+    assert "not valid YAML" in _error(recipe.load, _write(tmp_path, BASE), ["train.seed=" + text.split(": ")[1]])
+
+
+def test_recipe_that_is_a_folder(tmp_path):
+    (tmp_path / "dir.yaml").mkdir()
+    assert "not found" in _error(recipe.load, tmp_path / "dir.yaml")
+
+
+def test_refused_recipes_leave_no_run_folder_and_load_no_framework(tmp_path):
+    """Through the CLI, in a fresh process: exit 2, one `error:` line naming the key, no run folder, and
+    neither TensorFlow nor PyTorch imported (the check ran first)."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import env
+
+    cases = {"epochs": ["train.epochs=-1"], "lr": ["train.learning_rate=.nan"], "frames": ["data.frames=0"],
+             "size": ["data.size=[0,0]"], "bad": ["data.max_bad_fraction=-1"], "escape": ["name=../../escaped"],
+             "empty": ["name=''"], "opset": ["export.opset=3"], "tsm_lr": ["model.arch=tsm", "train.learning_rate=0"]}
+    recipe_file = _write(tmp_path, {**BASE, "data": {**BASE["data"], "root": str(tmp_path)}})
+    script = f"""
+import json, sys
+from typer.testing import CliRunner
+from vidcli.cli.main import app
+out = {{}}
+for label, sets in json.loads(sys.argv[1]).items():
+    argv = ["train", {str(recipe_file)!r}, "--runs-dir", {str(tmp_path / "runs")!r}]
+    for s in sets:
+        argv += ["--set", s]
+    r = CliRunner().invoke(app, argv)
+    out[label] = [r.exit_code, r.stderr]
+out["frameworks"] = sorted(m for m in ("tensorflow", "torch", "keras") if m in sys.modules)
+print(json.dumps(out))
+"""
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(cases)], capture_output=True, text=True,
+                          env=env(), timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out.pop("frameworks") == []
+    keys = {"epochs": "train.epochs", "lr": "train.learning_rate", "frames": "data.frames", "size": "data.size[0]",
+            "bad": "data.max_bad_fraction", "escape": "name", "empty": "name", "opset": "export.opset",
+            "tsm_lr": "train.learning_rate"}
+    for label, (code, stderr) in out.items():
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (label, stderr)
+        assert f"{keys[label]}:" in lines[0], (label, lines[0])
+    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path.parent.parent / "escaped").exists()

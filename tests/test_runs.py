@@ -239,3 +239,107 @@ def test_gpus_are_read_from_nvidia_smi(tmp_path, monkeypatch):
     assert runs.gpus() == []
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     assert runs.gpus() == []
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "..", "", ".hidden", "a/b", "a\\b", "x\x00", "\n"])
+def test_create_refuses_names_that_are_not_one_folder(tmp_path, name):
+    root = tmp_path / "deep" / "runs"
+    with pytest.raises(VidcliError) as info:
+        runs.create(root, name)
+    assert info.value.exit_code == 2 and "name:" in str(info.value) and "\n" not in str(info.value)
+    assert not root.exists() and list(tmp_path.rglob("*")) == []
+
+
+def _unwritable(tmp_path: Path) -> Path:
+    """A folder this process cannot write in, even as root (root ignores mode bits; /sys refuses it too)."""
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        return ro / "runs"
+    if Path("/sys").is_dir() and _mkdir_fails(Path("/sys")):
+        return Path("/sys") / "vidcli-test-runs"
+    pytest.skip("no folder here that root cannot write")
+
+
+def _mkdir_fails(parent: Path) -> bool:
+    probe = parent / "vidcli-probe"
+    try:
+        probe.mkdir()
+    except OSError:
+        return True
+    probe.rmdir()
+    return False
+
+
+@pytest.mark.parametrize("kind", ["read-only", "a file", "under a file"])
+def test_runs_dir_that_cannot_be_written_is_a_failure_line(tmp_path, kind):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    root = {"read-only": _unwritable(tmp_path), "a file": blocker, "under a file": blocker / "runs"}[kind]
+    with pytest.raises(VidcliError) as info:
+        runs.create(root, "exp")
+    assert info.value.exit_code == 1
+    msg = str(info.value)
+    assert msg.startswith(f"cannot make a run folder in {root}: ") and "\n" not in msg
+
+
+def test_read_only_runs_dir_through_the_cli(tmp_path):
+    """`vidcli train --runs-dir <read-only>`: one `error:` line, exit 1 (the job failed; the input was fine)."""
+    from conftest import one_error_line, write_recipe
+    from typer.testing import CliRunner
+
+    from vidcli.cli.main import app
+    from vidcli.datasets.synth import write_synth_videos
+
+    data = write_synth_videos(tmp_path / "data", classes=2, counts={"train": 1, "val": 0, "test": 0}, frames=4,
+                              size=32, workers=1)
+    rec = write_recipe(tmp_path / "r.yaml", {"name": "ro", "data": {"root": str(data), "frames": 2, "size": [32, 32]},
+                                             "model": {"arch": "r2plus1d", "params": {"filters": [4]}},
+                                             "train": {"epochs": 1, "batch_size": 2}})
+    root = _unwritable(tmp_path)
+    result = CliRunner().invoke(app, ["train", str(rec), "--runs-dir", str(root)])
+    assert result.exit_code == 1, result.stderr + repr(result.exception)
+    assert "cannot make a run folder" in one_error_line(result.stderr, only=False)
+    assert not root.exists()
+
+
+@pytest.mark.parametrize("command", ["eval", "confusion", "precision-recall"])
+@pytest.mark.parametrize("args", [["--batch-size", "0"], ["--batch-size", "-3"], ["--split", "../x"]])
+def test_run_commands_refuse_bad_options(tmp_path, command, args):
+    from conftest import one_error_line
+    from typer.testing import CliRunner
+
+    from vidcli.cli.main import app
+
+    run = runs.start(tmp_path, _rec(), ["a"], "keras")
+    result = CliRunner().invoke(app, [command, str(run.path), *args])
+    assert result.exit_code == 2, result.stderr + repr(result.exception)
+    assert args[0] in one_error_line(result.stderr)
+    assert not run.file("predictions").exists()
+
+
+@pytest.mark.parametrize(("arch", "opset", "allowed"), [("r2plus1d", "3", "[11, 18]"), ("r2plus1d", "19", "[11, 18]"),
+                                                        ("tsm", "9", "[10, 20]"), ("tsm", "21", "[10, 20]")])
+def test_export_refuses_an_opset_its_exporter_cannot_write(tmp_path, arch, opset, allowed):
+    from conftest import one_error_line
+    from typer.testing import CliRunner
+
+    from vidcli.cli.main import app
+
+    run = runs.start(tmp_path, recipe.parse({"name": "exp", "model": {"arch": arch}}), ["a"], "keras")
+    result = CliRunner().invoke(app, ["export-onnx", str(run.path), "--opset", opset])
+    assert result.exit_code == 2, result.stderr + repr(result.exception)
+    line = one_error_line(result.stderr)
+    assert "--opset" in line and allowed in line
+    assert not run.file("model.onnx").exists()
+
+
+def test_export_opset_help_matches_the_ranges():
+    from typer.testing import CliRunner
+
+    from vidcli.cli.main import app
+
+    text = " ".join(CliRunner().invoke(app, ["export-onnx", "--help"]).stdout.split())
+    for lo, hi in recipe.OPSETS.values():
+        assert f"{lo}-{hi}" in text

@@ -17,6 +17,7 @@ from vidcli.backends import registry
 from vidcli.console import log
 from vidcli.errors import VidcliError, fail
 from vidcli.modelcard import ModelCard
+from vidcli.recipe import check_opset
 from vidcli.runs import Run
 
 
@@ -52,7 +53,8 @@ def export(run: Run, out: Path | None = None, opset: int | None = None, checkpoi
 
     rec = run.recipe
     labels = run.labels
-    opset = check_opset(opset or rec.export.opset, registry.backend_name(rec.model.arch))
+    opset = check_opset(opset or rec.export.opset, registry.backend_name(rec.model.arch),
+                        "--opset" if opset else "export.opset")
     backend = registry.backend(rec.model.arch)
     path = backend.checkpoint(run, checkpoint)
     if not path.is_file():
@@ -77,7 +79,7 @@ def export_recipe(rec: Any, out: Path, opset: int | None = None, labels_file: Pa
 
     params = registry.check_recipe(rec)
     spec = registry.spec(rec.model.arch)
-    opset = check_opset(opset or rec.export.opset, spec.backend)
+    opset = check_opset(opset or rec.export.opset, spec.backend, "--opset" if opset else "export.opset")
     source = rec.model.pretrained or getattr(params, "pretrained", None)
     data = _data_classes(rec) if rec.data.root and Path(rec.data.root).exists() else None
     if labels_file is not None:
@@ -133,13 +135,6 @@ def _data_classes(rec: Any) -> list[str] | None:
 
 def _is_stream(rec: Any) -> bool:
     return registry.spec(rec.model.arch).is_stream(registry.check_recipe(rec))
-
-
-def check_opset(opset: int, backend: str) -> int:
-    low, high = registry.OPSETS[backend]
-    if not low <= opset <= high:
-        raise VidcliError(f"opset {opset}: {backend} models export to ONNX opsets {low} to {high}")
-    return opset
 
 
 def export_model(backend, model, card: ModelCard, clips: np.ndarray, what: str, out: Path, opset: int,

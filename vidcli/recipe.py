@@ -12,6 +12,7 @@ import difflib
 import math
 import types
 import typing
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,100 @@ from typing import Any, Literal
 import yaml
 
 from vidcli.errors import VidcliError
+
+INT_MAX = 2**31 - 1  # TensorFlow sizes and steps are int32
+SEED_MAX = 2**32 - 1  # NumPy's legacy seed, which keras.utils.set_random_seed sets
+EPOCHS_MAX = 100_000  # the Keras pipeline lays out every epoch's sample order up front
+CLIP_BYTES_MAX = 2**31  # one uint8 clip (frames x height x width x 3)
+# ONNX opsets each exporter writes for every family, checked in ONNX Runtime (benchmarks/BENCHMARKS.md): tf2onnx 1.17
+# stops at 18 and the (2+1)D model needs 11; torch.onnx's TorchScript exporter stops at 20 and TSM needs 10.
+OPSETS = {"keras": (11, 18), "torch": (10, 20)}
+# What the built-in data generator can draw (vidcli.datasets.synth): 8 motions, 6 volume shapes.
+SYNTH_CLASSES = {False: 8, True: 6}
+SYNTH_SIZE = {False: (16, 4096), True: (8, 128)}
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric key; a float must also be finite."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def holds(self, v: float) -> bool:
+        if isinstance(v, float) and not math.isfinite(v):
+            return False
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+
+    def describe(self, v: float) -> str:
+        what = "a finite number" if isinstance(v, float) else "an integer"
+        below = self.lo is not None and not (isinstance(v, float) and math.isnan(v)) and v <= self.lo
+        if self.lo is not None and (self.hi is None or (self.hi in (INT_MAX, SEED_MAX) and below)):
+            return f"{what} {'>' if self.lo_open else '>='} {_num(self.lo)}"
+        if self.lo is not None:
+            left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
+            return f"{what} in {left}{_num(self.lo)}, {_num(self.hi)}{right}"
+        return f"{what} {'<' if self.hi_open else '<='} {_num(self.hi)}"
+
+
+def _num(v: float | None) -> str:
+    return str(int(v)) if v is not None and float(v).is_integer() else f"{v:g}"
+
+
+def at_least(lo: float, hi: float = INT_MAX) -> Range:
+    return Range(lo, hi)
+
+
+POSITIVE = Range(0, lo_open=True)  # a finite float > 0
+FRACTION = Range(0, 1)
+
+
+def check_ranges(obj: Any, section: str, limits: dict[str, Range]) -> None:
+    """Every named field of `obj` (each item, for lists and tuples) inside its Range; None is left alone."""
+    for name, limit in limits.items():
+        value = getattr(obj, name)
+        many = isinstance(value, (list, tuple))
+        for i, v in enumerate(value if many else [value]):
+            if v is not None and not limit.holds(v):
+                key = f"{section}.{name}" + (f"[{i}]" if many else "")
+                raise VidcliError(f"{key}: must be {limit.describe(v)}, got {v!r}")
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a run folder's name (one path component inside --runs-dir), or None."""
+    if not name or not name.strip():
+        return "must not be empty"
+    if name != name.strip():
+        return "must not start or end with white space"
+    if name.startswith("."):
+        return "must not start with '.'"
+    if "/" in name or "\\" in name:
+        return "must be one folder name, without '/' or '\\'"
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
+        return "must not contain control characters"
+    if len(name) > 128 or len(name.encode("utf-8", "surrogatepass")) > 255:
+        return "must be at most 128 characters"
+    return None
+
+
+def check_name(name: str, key: str = "name") -> str:
+    problem = name_problem(name)
+    if problem:
+        raise VidcliError(f"{key}: {name!r} {problem} (it names the run folder runs/<name>/<n>)")
+    return name
+
+
+def _check_path(value: str | None, key: str) -> None:
+    if value is None:
+        return
+    if not value.strip():
+        raise VidcliError(f"{key}: must be a path, got an empty string")
+    if "\x00" in value:
+        raise VidcliError(f"{key}: must not contain a NUL character")
 
 
 @dataclass
@@ -33,6 +128,13 @@ class SynthConfig:
     frames: int = 16
     size: int = 64
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        lo, hi = SYNTH_SIZE[self.volumes]
+        check_ranges(self, "data.synth", {
+            "classes": at_least(1, SYNTH_CLASSES[self.volumes]), "train": at_least(1, 100_000),
+            "val": at_least(0, 100_000), "test": at_least(0, 100_000), "frames": at_least(2, 10_000),
+            "size": at_least(lo, hi), "seed": at_least(0, SEED_MAX)})
 
 
 @dataclass
@@ -50,12 +152,25 @@ class DataConfig:
     flip: bool = False  # random horizontal flip in training: off for direction-sensitive classes
     multiscale_crop: bool = True  # segments/dense training: crops at scales 1, .875, .75, .66
 
+    def __post_init__(self) -> None:
+        _check_path(self.root, "data.root")
+        check_ranges(self, "data", {"frames": at_least(1, 4096), "frame_step": at_least(1), "size": at_least(1, 8192),
+                                    "workers": at_least(0, 1024), "max_bad_fraction": FRACTION})
+        clip = self.frames * self.size[0] * self.size[1] * 3
+        if clip > CLIP_BYTES_MAX:
+            h, w = self.size
+            raise VidcliError(f"data.frames x data.size: one clip would take {clip / 2**30:.1f} GiB; at most "
+                              f"{CLIP_BYTES_MAX // 2**30} GiB (got {self.frames} frames of {h}x{w})")
+
 
 @dataclass
 class ModelConfig:
     arch: str = "r2plus1d"
     params: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_path(self.pretrained, "model.pretrained")
 
 
 @dataclass
@@ -91,13 +206,21 @@ class TrainConfig:
     lr_base_batch: int | None = None
 
     def __post_init__(self) -> None:
+        check_ranges(self, "train", {
+            "epochs": at_least(1, EPOCHS_MAX), "batch_size": at_least(1), "learning_rate": POSITIVE,
+            "step_epochs": at_least(1), "step_gamma": Range(0, 1, lo_open=True), "warmup_epochs": at_least(0),
+            "weight_decay": Range(0), "momentum": Range(0, 1, hi_open=True), "clip_grad_norm": POSITIVE,
+            "head_lr_mult": POSITIVE, "early_stopping": at_least(1), "seed": at_least(0, SEED_MAX),
+            "lr_base_batch": at_least(1)})
+        if self.warmup_epochs >= self.epochs:
+            raise VidcliError(f"train.warmup_epochs: must be less than train.epochs ({self.epochs}), "
+                              f"got {self.warmup_epochs}")
+        for i in range(1, len(self.step_epochs)):
+            if self.step_epochs[i] <= self.step_epochs[i - 1]:
+                raise VidcliError(f"train.step_epochs: must be increasing, got {self.step_epochs}")
         if self.lr_scaling != "none" and not self.lr_base_batch:
             raise VidcliError(f"train.lr_scaling: '{self.lr_scaling}' needs train.lr_base_batch, the batch size "
                               "train.learning_rate was tuned for")
-        if self.lr_base_batch is not None and self.lr_base_batch < 1:
-            raise VidcliError(f"train.lr_base_batch: must be at least 1, got {self.lr_base_batch}")
-        if self.batch_size < 1:
-            raise VidcliError(f"train.batch_size: must be at least 1, got {self.batch_size}")
 
 
 def scaled_learning_rate(train: TrainConfig) -> float:
@@ -129,6 +252,19 @@ class ExportConfig:
     opset: int = 17
     tolerance: float = 1e-4
 
+    def __post_init__(self) -> None:
+        lo, hi = min(r[0] for r in OPSETS.values()), max(r[1] for r in OPSETS.values())
+        check_ranges(self, "export", {"opset": at_least(lo, hi), "tolerance": POSITIVE})
+
+
+def check_opset(opset: int, backend: str, key: str = "export.opset") -> int:
+    """An opset the backend's exporter writes (ONNX Runtime runs all of them)."""
+    lo, hi = OPSETS.get(backend, (min(r[0] for r in OPSETS.values()), max(r[1] for r in OPSETS.values())))
+    if not lo <= opset <= hi:
+        raise VidcliError(f"{key}: must be an integer in [{lo}, {hi}] for {backend} models "
+                          f"(the opsets its ONNX exporter supports), got {opset}")
+    return opset
+
 
 @dataclass
 class Recipe:
@@ -139,8 +275,25 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        backend = _backend_of(self.model.arch)
+        if backend is not None:
+            check_opset(self.export.opset, backend)
+
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
+
+
+def _backend_of(arch: str) -> str | None:
+    """The arch's backend by its family card (no framework import); None for an unknown arch, which
+    `registry.check_recipe` reports."""
+    from vidcli.backends import registry
+
+    try:
+        return registry.backend_name(arch)
+    except VidcliError:
+        return None
 
 
 def _plain(obj: Any) -> Any:
@@ -219,7 +372,10 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         raise bad
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:
+                raise VidcliError(f"{key}: expected a number, got one too large ({str(value)[:12]}...)") from None
         raise bad
     if tp is str:
         if isinstance(value, str):
@@ -264,8 +420,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise VidcliError(f"--set {item!r}: empty key")
         try:
             value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise VidcliError(f"--set {item!r}: value is not valid YAML ({exc.__class__.__name__})") from exc
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: a date or number YAML cannot build
+            raise VidcliError(f"--set {item!r}: value is not valid YAML ({exc.__class__.__name__})") from None
         node = raw
         for part in parts[:-1]:
             child = node.get(part)
@@ -289,16 +445,38 @@ def load_raw(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise VidcliError(f"{p}: recipe file not found")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = p.read_bytes()
+    except OSError as exc:
+        raise VidcliError(f"{p}: cannot read the recipe ({exc.strerror or exc})") from None
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise VidcliError(f"{p}: UTF-16 text; save the recipe as UTF-8")
+    if b"\x00" in data:
+        raise VidcliError(f"{p}: not a recipe (a binary file, not YAML text)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise VidcliError(f"{p}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}); "
+                          "save the recipe as UTF-8") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise VidcliError(f"{p}: not valid YAML{where}") from exc
+        raise VidcliError(f"{p}: not valid YAML{where}") from None
+    except RecursionError:
+        raise VidcliError(f"{p}: not valid YAML (nested too deeply)") from None
+    except ValueError as exc:  # a value YAML recognises but cannot build: 2024-13-45, an int of 5000 digits
+        raise VidcliError(f"{p}: not valid YAML ({str(exc)[:60]})") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise VidcliError(f"{p}: a recipe must be a YAML mapping")
-    raw.setdefault("name", p.stem)
+    if "name" not in raw:
+        problem = name_problem(p.stem)
+        if problem:
+            raise VidcliError(f"{p}: name: {p.stem!r} (the file's name) {problem}; set name: in the recipe")
+        raw["name"] = p.stem
     return raw
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from vidcli import __version__, fsio
 from vidcli import recipe as recipe_mod
-from vidcli.errors import VidcliError
+from vidcli.errors import VidcliError, fail
 
 RUN_FILE = "run.json"
 RECIPE_FILE = "recipe.yaml"
@@ -31,16 +31,26 @@ def _next_index(parent: Path) -> int:
 
 
 def create(runs_root: str | Path, name: str) -> Path:
-    """Make the next free runs_root/name/<n>. mkdir without exist_ok makes two racing runs pick different n."""
-    parent = Path(runs_root) / name
-    parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        path = parent / str(_next_index(parent))
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
+    """Make the next free runs_root/name/<n>. mkdir without exist_ok makes two racing runs pick different n.
+
+    `name` must be one safe folder name (the recipe checks it; checked again here, since a run folder
+    outside runs_root or one `newest` cannot find would be worse than a refusal). A runs_root that
+    cannot be written is a job failure (exit 1), like any other write that fails.
+    """
+    recipe_mod.check_name(name)
+    root = Path(runs_root)
+    parent = root / name
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            path = parent / str(_next_index(parent))
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise fail(f"cannot make a run folder in {root}: {exc.strerror or exc}") from None
 
 
 @dataclass

@@ -117,7 +117,7 @@ def train(recipe_path: Path | None, overrides: list[str], resume: Path | None, r
         f"{len(train_src.classes)} classes)")
     try:
         backend.fit(run, rec, train_src, val_src, resume=not fresh)
-    except VidcliError:
+    except (VidcliError, KeyboardInterrupt):  # Ctrl-C before the first checkpoint leaves nothing to resume
         if fresh and run.state.get("epochs_done", 0) == 0 and run.state.get("status") != "interrupted":
             shutil.rmtree(run.path, ignore_errors=True)
         raise

@@ -25,8 +25,6 @@ FAMILIES: dict[str, str] = {
 
 BACKENDS: dict[str, str] = {"keras": "vidcli.backends.keras.backend", "torch": "vidcli.backends.torch.backend"}
 SUFFIXES: dict[str, str] = {"keras": ".keras", "torch": ".pt"}  # checkpoint files: best<suffix>, last<suffix>
-# ONNX opsets each exporter writes and our models need (tf2onnx 1.17: up to 18; torch.onnx TorchScript: up to 20).
-OPSETS: dict[str, tuple[int, int]] = {"keras": (13, 18), "torch": (13, 20)}
 
 # Recipe keys a backend does not implement: a non-default value is refused with the reason.
 UNSUPPORTED: dict[str, dict[str, str]] = {

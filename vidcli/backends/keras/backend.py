@@ -230,7 +230,7 @@ class KerasBackend(Backend):
         replicas = strategy.num_replicas_in_sync if strategy is not None else 1
         run.update_state(status="training", params=int(model.count_params()), replicas=replicas)
         try:
-            with interrupts.deferred():
+            with interrupts.deferred(), kdata.guard():  # the input pipeline is drained on every exit
                 if strategy is not None:
                     kdist.train_loop(model, strategy, rec, train_src, val_src, first_epoch, callbacks, cw, cb)
                 else:
