@@ -284,7 +284,7 @@ def test_interrupt_before_the_first_checkpoint_leaves_no_run_folder(tmp_path, ti
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(backend, "build", interrupted)
+    monkeypatch.setattr(backend.KerasBackend, "build", interrupted)
     recipe = write_recipe(tmp_path / "tiny.yaml", tiny_recipe_dict(tiny_data, epochs=1, tensorboard=False))
     result = CliRunner().invoke(app, ["train", str(recipe), "--runs-dir", str(tmp_path / "runs")])
     assert result.exit_code == 130, result.stderr + repr(result.exception)

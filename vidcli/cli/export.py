@@ -17,8 +17,8 @@ def register(app: typer.Typer) -> None:
                                       "exported without training.", show_default=False),
         out: Path = typer.Option(None, "--out", help="Output file (default: RUN/model.onnx; a recipe: NAME.onnx).",
                                  show_default=False),
-        opset: int = typer.Option(None, "--opset", help="ONNX opset (default: the recipe's export.opset).",
-                                  show_default=False),
+        opset: int = typer.Option(None, "--opset", help="ONNX opset (default: the recipe's export.opset; "
+                                  "Keras models 11-18, PyTorch models 10-20).", show_default=False),
         checkpoint: Checkpoint = typer.Option("best", "--checkpoint", help="Which of a run's checkpoints."),
         set_: list[str] = typer.Option([], "--set", help="Override a recipe key (recipes only)."),
         labels: Path = typer.Option(None, "--labels", help="Class names, one per line (recipes only; default: the "
