@@ -2,7 +2,8 @@
 
 Figures are built as bare `Figure` objects on an Agg canvas, never through pyplot's global figure
 list, so repeated calls in a long evaluation leak nothing and need no display. Sizes are fixed by
-the inputs (no tight bounding box), so the same data always gives the same image size.
+the inputs (no tight bounding box) and bounded, so the same data always gives the same image size
+and 400 classes give a file one can still open.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -22,6 +22,7 @@ if "matplotlib.pyplot" not in sys.modules:
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -30,10 +31,20 @@ from vidcli.errors import VidcliError
 
 DPI = 100
 ANNOTATE_MAX_CLASSES = 30
-LEGEND_MAX_CLASSES = 20
+ALL_CURVES_MAX_CLASSES = 12  # beyond this, PR curves show the best and worst EXTREMES and a band for the rest
+EXTREMES = 5
+MATRIX_MAX_INCHES = 16.0
+TICK_PITCH_PT = 8.0  # the least distance between two tick labels; denser labels are thinned
+NAME_MAX_CHARS = 32
+_COLORS = [matplotlib.colormaps["tab10"](i) for i in range(10)]
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
+_LINESTYLES = ["-", "--", "-.", ":"]
 _VAL_PREFIXES = ("val_", "validation_")
 _TRAIN_PREFIXES = ("train_",)
 _BOOKKEEPING = frozenset({"seconds", "time", "elapsed", "timestamp", "wall_time"})
+_LR_KEYS = ("lr", "learning_rate")
+_BEST_FROM = ("val_accuracy", "accuracy", "val_loss", "loss")
+_BEST_COLOR = "tab:green"
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -55,7 +66,7 @@ def _names(class_names: Sequence[str], num_classes: int) -> list[str]:
     names = [str(n) for n in class_names]
     if len(names) != num_classes:
         raise VidcliError(f"got {len(names)} class names for {num_classes} classes")
-    return names
+    return [n if len(n) <= NAME_MAX_CHARS else n[: NAME_MAX_CHARS - 1] + "…" for n in names]
 
 
 def _row_normalize(cm: np.ndarray) -> np.ndarray:
@@ -73,10 +84,16 @@ def confusion_heatmap(
     normalize: bool = False,
     title: str | None = None,
 ) -> Path:
-    """Heatmap with true classes down and predictions across; grows with the class count.
+    """Heatmap with true classes down and predictions across (see `heatmap_figure`)."""
+    return _save(heatmap_figure(cm, class_names, normalize=normalize, title=title), path)
 
-    Cell text is drawn only up to `ANNOTATE_MAX_CLASSES` classes, beyond which it cannot be read.
-    Normalising divides each row by its support; a class with no samples stays an all-zero row.
+
+def heatmap_figure(cm: np.ndarray, class_names: Sequence[str], *, normalize: bool = False,
+                   title: str | None = None) -> Figure:
+    """The matrix grows with the class count up to `MATRIX_MAX_INCHES`; past that, tick labels are thinned
+    to every k-th class so none overlap. The colour scale is a square root: next to a 0.9 diagonal, a 2 %
+    confusion would be white on a linear scale, and where the errors go is what a large matrix is read for.
+    Cell text is drawn only up to `ANNOTATE_MAX_CLASSES`, and only in non-zero cells.
     """
     import seaborn as sns
 
@@ -94,115 +111,123 @@ def confusion_heatmap(
         m = _row_normalize(m)
     integral = not normalize and bool((m == np.round(m)).all())
 
-    side = min(max(6.0, 2.5 + 0.32 * c), 40.0)
-    fig = _new_figure(side + 1.5, side)
+    side = min(max(4.5, 0.32 * c), MATRIX_MAX_INCHES)
+    cell_pt = side * 72 / c
+    every = math.ceil(TICK_PITCH_PT / cell_pt)
+    tick_size = min(10.0, 0.85 * every * cell_pt)
+    rotation = 0 if c <= 12 and max(map(len, names)) <= 4 else (45 if c <= 12 else 90)
+    label_in = max(map(len, names)) * tick_size * 0.62 / 72
+    fig = _new_figure(side + label_in + 2.2, side + label_in * (rotation != 0) * 0.8 + 1.4)
     ax = fig.add_subplot()
-    tick_size = 10 if c <= 20 else 7
-    annotate = c <= ANNOTATE_MAX_CLASSES
+    text = None
+    if c <= ANNOTATE_MAX_CLASSES:
+        text = np.array([[format(v, "d" if integral else ".2f") if v else "" for v in row]
+                         for row in (m.astype(np.int64) if integral else m)])
     sns.heatmap(
-        m.astype(np.int64) if integral else m,
+        m,
         ax=ax,
         cmap="Blues",
-        vmin=0.0,
-        vmax=1.0 if normalize else None,
+        norm=PowerNorm(0.5, vmin=0.0, vmax=1.0 if normalize else max(float(m.max()), 1.0)),
         square=True,
-        annot=annotate,
-        fmt="d" if integral else ".2f",
-        annot_kws={"fontsize": max(5.0, min(10.0, 180.0 / c))},
+        annot=text if text is not None else False,
+        fmt="",
+        annot_kws={"fontsize": min(10.0, cell_pt / 2.8)},
         xticklabels=False,
         yticklabels=False,
         linewidths=0.5 if c <= ANNOTATE_MAX_CLASSES else 0.0,
         linecolor="white",
-        cbar_kws={
-            "shrink": 0.8 if c <= ANNOTATE_MAX_CLASSES else 0.4,
-            "label": "fraction of true class" if normalize else "samples",
-        },
+        cbar_kws={"shrink": 0.6, "label": ("fraction of true class" if normalize else "samples") + " (√ scale)"},
     )
-    longest = max(len(n) for n in names)
-    rotation = 0 if longest <= 3 and c <= 20 else (45 if c <= 12 else 90)
-    ticks = np.arange(c) + 0.5
-    ax.set_xticks(ticks)
-    ax.set_yticks(ticks)
-    ax.set_xticklabels(
-        names,
-        rotation=rotation,
-        ha="right" if rotation == 45 else "center",
-        rotation_mode="anchor" if rotation == 45 else "default",
-        fontsize=tick_size,
-    )
-    ax.set_yticklabels(names, rotation=0, fontsize=tick_size)
-    label_size = 10 + side / 3
-    ax.set_xlabel("Predicted class", fontsize=label_size)
-    ax.set_ylabel("True class", fontsize=label_size)
+    shown = np.arange(0, c, every)
+    ax.set_xticks(shown + 0.5)
+    ax.set_yticks(shown + 0.5)
+    ax.set_xticklabels([names[i] for i in shown], rotation=rotation, fontsize=tick_size,
+                       ha="right" if rotation == 45 else "center",
+                       rotation_mode="anchor" if rotation == 45 else "default")
+    ax.set_yticklabels([names[i] for i in shown], rotation=0, fontsize=tick_size)
+    ax.tick_params(length=2 if every == 1 else 4)
+    thinned = f" (1 in {every} labelled)" if every > 1 else ""
+    ax.set_xlabel(f"Predicted class{thinned}", fontsize=12)
+    ax.set_ylabel("True class", fontsize=12)
     default = "Confusion matrix (row-normalised)" if normalize else "Confusion matrix"
-    ax.set_title(title or default, fontsize=label_size + 2)
-    return _save(fig, path)
+    ax.set_title(f"{title or default} ({c} classes)", fontsize=14)
+    return fig
 
 
-def _class_colors(c: int) -> list[Any]:
-    cmaps = matplotlib.colormaps
-    if c <= 10:
-        return [cmaps["tab10"](i) for i in range(c)]
-    if c <= 20:
-        return [cmaps["tab20"](i) for i in range(c)]
-    return [cmaps["turbo"](i / max(c - 1, 1)) for i in range(c)]
+def _ap(precision: np.ndarray, recall: np.ndarray) -> float:
+    """`metrics.average_precision` from a curve already computed (the micro curve at 400 classes takes seconds)."""
+    return float(max(0.0, -np.sum(np.diff(recall) * precision[:-1])))
+
+
+def _drawn(precision: np.ndarray, recall: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The curve as `_ap` integrates it: the last step reaches recall 0 at the first threshold's precision, not
+    at the conventional precision 1, whose vertical jump at recall 0 is no operating point."""
+    return np.r_[precision[:-1], precision[-2:-1]], recall
+
+
+def _precision_at(precision: np.ndarray, recall: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """The step curve that `average_precision` integrates, read at each recall in `grid`: its mean over a
+    fine grid is the class's AP, so the median and band over classes summarise the same number."""
+    increasing = recall[::-1]
+    return precision[::-1][np.searchsorted(increasing, grid, side="left").clip(max=increasing.size - 1)]
 
 
 def pr_curves(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: str | os.PathLike) -> Path:
-    """One-vs-rest precision-recall curve per class plus the micro average over all decisions.
+    """One-vs-rest precision-recall curves (see `pr_figure`)."""
+    return _save(pr_figure(labels, probs, class_names), path)
 
-    Per-class legend entries (with AP) appear only up to `LEGEND_MAX_CLASSES`; classes with no
-    true samples have no curve, and the title reports the macro AP over the classes that do.
+
+def pr_figure(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> Figure:
+    """Up to `ALL_CURVES_MAX_CLASSES` classes every curve is drawn; beyond, the `EXTREMES` best and worst by
+    AP are, and every class enters a median curve and a band from its 10th to 90th percentile, so 400 classes
+    read like 10.
+
+    A perfect class runs along precision 1 and recall 1: the axes reach past [0, 1] and curves sit above
+    the frame, so it is never hidden under a spine. Classes with no true samples have no curve and no AP.
     """
     p, y = metrics.check_scores(probs, labels, "probs")
     c = p.shape[1]
     names = _names(class_names, c)
     onehot = y[:, None] == np.arange(c)[None, :]
-    show_legend = c <= LEGEND_MAX_CLASSES
-    fig = _new_figure(10.5 if show_legend else 8.0, 6.5)
+    support = onehot.sum(axis=0)
+    present = [int(i) for i in np.flatnonzero(support)]
+    curves = {i: _drawn(*metrics.pr_curve(onehot[:, i], p[:, i])[:2]) for i in present}
+    ap = {i: _ap(*curves[i]) for i in present}
+    ranked = sorted(present, key=lambda i: (-ap[i], -support[i], i))
+    few = len(ranked) <= ALL_CURVES_MAX_CLASSES
+    shown = ranked if few else ranked[:EXTREMES] + ranked[-EXTREMES:]
+
+    fig = _new_figure(11.0, 6.5)
     ax = fig.add_subplot()
-    aps = []
-    for i, color in enumerate(_class_colors(c)):
-        if not onehot[:, i].any():
-            continue
-        precision, recall, _ = metrics.pr_curve(onehot[:, i], p[:, i])
-        ap = metrics.average_precision(onehot[:, i], p[:, i])
-        aps.append(ap)
-        label = f"{names[i]} (AP {ap:.3f})" if show_legend else None
-        ax.plot(
-            recall,
-            precision,
-            drawstyle="steps-post",
-            color=color,
-            lw=1.5 if show_legend else 0.8,
-            alpha=0.9 if show_legend else 0.45,
-            label=label,
-        )
-    precision, recall, _ = metrics.pr_curve(onehot.ravel(), p.ravel())
-    micro = metrics.average_precision(onehot.ravel(), p.ravel())
-    ax.plot(
-        recall,
-        precision,
-        drawstyle="steps-post",
-        color="black",
-        lw=2.5,
-        ls="--",
-        zorder=3,
-        label=f"micro-average (AP {micro:.3f})",
-    )
-    ax.set_xlim(0.0, 1.0)
-    ax.set_ylim(0.0, 1.02)
+    if not few:
+        grid = np.linspace(0.0, 1.0, 401)
+        stack = np.array([_precision_at(*curves[i], grid) for i in present])
+        low, median, high = np.percentile(stack, [10, 50, 90], axis=0)
+        ax.fill_between(grid, low, high, color="0.85", zorder=1, label=f"middle 80 % of all {len(present)} classes")
+        ax.plot(grid, median, color="0.45", lw=2.0, zorder=2, label="median over all classes")
+    for k, i in enumerate(shown):
+        precision, recall = curves[i]
+        rank = "" if few else f"#{ranked.index(i) + 1} "
+        ax.plot(recall, precision, drawstyle="steps-post", lw=1.6, zorder=3 + 0.01 * k,
+                color=_COLORS[k % len(_COLORS)], ls=_LINESTYLES[k % len(_LINESTYLES)],
+                marker=_MARKERS[k % len(_MARKERS)], ms=5, markevery=(0.011 * k, 0.12),
+                label=f"{rank}{names[i]}: AP {ap[i]:.3f}, n={support[i]}")
+    precision, recall = _drawn(*metrics.pr_curve(onehot.ravel(), p.ravel())[:2])
+    ax.plot(recall, precision, drawstyle="steps-post", color="black", lw=2.2, ls=(0, (4, 2)), zorder=2.9,
+            label=f"micro-average: AP {_ap(precision, recall):.3f}")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.04)
     ax.set_xlabel("Recall")
     ax.set_ylabel("Precision")
     ax.grid(alpha=0.3)
-    skipped = c - len(aps)
-    note = f", {skipped} without samples" if skipped else ""
-    ax.set_title(f"Precision-recall, one vs rest: macro AP {np.mean(aps):.3f} over {len(aps)} classes{note}")
-    if show_legend:
-        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
-    else:
-        ax.legend(loc="lower left", fontsize=9)
-    return _save(fig, path)
+    skipped = c - len(present)
+    note = f"; {skipped} without samples" if skipped else ""
+    mean_ap = f"mean AP {np.mean(list(ap.values())):.3f}" if ap else "no class has samples"
+    ax.set_title(f"Precision-recall, one vs rest: {mean_ap} over {len(present)} classes{note}")
+    heading = None if few else f"best {EXTREMES} and worst {EXTREMES} of {len(present)} by AP"
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title=heading, title_fontsize=8,
+              frameon=False)
+    return fig
 
 
 def _parse_cell(text: str, where: str) -> float:
@@ -281,15 +306,45 @@ def _split_key(key: str) -> tuple[str, str]:
 def _family_order(family: str) -> int:
     if "loss" in family:
         return 0
+    if family in _LR_KEYS:
+        return 3
     return 1 if "acc" in family or "top" in family else 2
 
 
-def training_curves(history: Mapping[str, Sequence[float]] | str | os.PathLike, path: str | os.PathLike) -> Path:
-    """Train and validation curves against epoch, one panel per metric family (loss, accuracy, lr, ...).
+def _best(epochs: np.ndarray, series: dict[str, np.ndarray], best_epoch: int | None,
+          monitor: str | None) -> tuple[float | None, str | None]:
+    """The best epoch and the key it is read on: `best_epoch` when given, else the extreme of `monitor`,
+    else of the first of `_BEST_FROM` the history holds (a loss is best at its minimum)."""
+    usable = [k for k in (monitor, *_BEST_FROM) if k in series and np.isfinite(series[k]).any()]
+    key = usable[0] if usable else None
+    if best_epoch is None and key is not None:
+        values = series[key]
+        best_epoch = epochs[np.nanargmin(values) if "loss" in key else np.nanargmax(values)]
+    if best_epoch is None or best_epoch not in epochs:
+        return None, None
+    return float(best_epoch), key
 
-    `history` is a Keras-style dict (`loss`, `val_loss`, ...) or a CSV with an `epoch` column;
-    empty cells are gaps, so metrics logged on some epochs only still plot. Timing columns such as
-    `seconds` are bookkeeping, not learning progress, and are left out.
+
+def training_curves(
+    history: Mapping[str, Sequence[float]] | str | os.PathLike,
+    path: str | os.PathLike,
+    *,
+    best_epoch: int | None = None,
+    monitor: str | None = None,
+) -> Path:
+    """Train and validation curves against epoch (see `curves_figure`)."""
+    return _save(curves_figure(history, best_epoch=best_epoch, monitor=monitor), path)
+
+
+def curves_figure(history: Mapping[str, Sequence[float]] | str | os.PathLike, *, best_epoch: int | None = None,
+                  monitor: str | None = None) -> Figure:
+    """One panel per metric family (loss, accuracy, ..., learning rate last), epochs numbered as logged.
+
+    `history` is a Keras-style dict (`loss`, `val_loss`, ...) or a CSV with an `epoch` column; empty cells
+    are gaps, so metrics logged on some epochs only still plot. Timing columns are bookkeeping and left
+    out. A dotted line on every panel and a star on the monitored curve mark the best epoch (see `_best`;
+    an epoch the history does not hold draws none). The learning rate is the one at each epoch's first
+    step, so a per-step warm-up shows as a ramp from a tiny value: log scale when it spans a decade.
     """
     if isinstance(history, (str, os.PathLike)):
         history = _read_history_csv(Path(history))
@@ -304,32 +359,40 @@ def training_curves(history: Mapping[str, Sequence[float]] | str | os.PathLike, 
         families.setdefault(family, []).append((split, key))
     if not families:
         raise VidcliError(f"training history has no metric to plot (keys: {', '.join(series)})")
+    best, best_key = _best(epochs, series, best_epoch, monitor)
     ordered = sorted(families, key=_family_order)
     ncols = min(len(ordered), 3)
     nrows = math.ceil(len(ordered) / ncols)
-    fig = _new_figure(4.8 * ncols, 3.6 * nrows)
+    fig = _new_figure(4.8 * ncols, 3.6 * nrows + 0.4)
     marker = "o" if epochs.size <= 40 else None
+    pad = max(0.5, 0.03 * float(np.ptp(epochs)))  # a single epoch still gets an integer tick
     for idx, family in enumerate(ordered):
         ax = fig.add_subplot(nrows, ncols, idx + 1)
         for split, key in sorted(families[family]):
             values = series[key]
             keep = np.isfinite(values)
-            ax.plot(
-                epochs[keep],
-                values[keep],
-                marker=marker,
-                ms=3,
-                label=split,
-                color="tab:blue" if split == "train" else "tab:orange",
-            )
-        positive = np.concatenate([series[k] for _, k in families[family]])
-        positive = positive[np.isfinite(positive)]
-        if family in ("lr", "learning_rate") and positive.size and (positive > 0).all():
+            ax.plot(epochs[keep], values[keep], marker=marker, ms=3, label=split,
+                    color="tab:blue" if split == "train" else "tab:orange")
+            if best is not None and key == best_key:
+                value = values[epochs == best][0]
+                ax.plot([best], [value], marker="*", ms=14, ls="none", color=_BEST_COLOR, mec="black", mew=0.6,
+                        zorder=5, clip_on=False, label=f"best: epoch {best:g}", gid="best-epoch")
+        if best is not None:
+            ax.axvline(best, color=_BEST_COLOR, ls=":", lw=1.3, zorder=1.5, gid="best-epoch-line")
+        lr = family in _LR_KEYS
+        values = np.concatenate([series[k] for _, k in families[family]])
+        values = values[np.isfinite(values)]
+        if lr and values.size and values.min() > 0 and values.max() >= 10 * values.min():
             ax.set_yscale("log")
-        ax.set_title(family)
+        ax.set_title("learning rate" if lr else family)
+        ax.set_ylabel("learning rate (epoch start)" if lr else family)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(epochs.min() - pad, epochs.max() + pad)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
-        if len(families[family]) > 1:
+        if len(ax.get_legend_handles_labels()[0]) > 1:
             ax.legend(fontsize=8)
-    return _save(fig, path)
+    if best is not None:
+        score = f": {best_key} {series[best_key][epochs == best][0]:.4g}" if best_key else ""
+        fig.suptitle(f"best epoch {best:g}{score}", fontsize=11)
+    return fig
