@@ -130,4 +130,6 @@ def _after_training(run: runs.Run) -> None:
 
     history = run.file("history.csv")
     if history.is_file():
-        plots.training_curves(history, run.file("training_curves.png"))
+        state = run.state
+        plots.training_curves(history, run.file("training_curves.png"), best_epoch=state.get("best_epoch") or None,
+                              monitor=state.get("monitor"))
