@@ -103,17 +103,43 @@ def load_input(path: Path, card: ModelCard, clips: int, index: int | None = None
 
 
 def predict(model, sources: list[Path], top: int = 5, clips: int = 1, index: int | None = None,
-            split: str = "test", name: str = "") -> Iterator[dict]:
-    """One result per source: top-k labels with probabilities (the mean over `clips` clips). `model` is any
-    callable float input -> logits with a `card` (see `vidcli.models`)."""
+            split: str = "test", name: str = "", batch: int = 8, workers: int = 0) -> Iterator[dict]:
+    """One result per source, in order: top-k labels with probabilities (the mean over `clips` clips). `model`
+    is any callable float input -> logits with a `card` (see `vidcli.models`). Inputs are decoded in a thread
+    pool one batch ahead, and up to `batch` inputs go through the model in one call."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vidcli.scoring import threads_for
+
     card = model.card
-    for src in sources:
-        shown = str(src) if index is None else f"{src}[{split}:{index}]"
+
+    def load(src: Path) -> np.ndarray | VidcliError:
         try:
-            x = card.preprocess(load_input(src, card, clips, index, split))
-            probs = softmax(model(x))
+            return card.preprocess(load_input(src, card, clips, index, split))
         except VidcliError as exc:
-            yield {"source": shown, "error": str(exc), "model": name}
+            return exc
+
+    chunks = [sources[i : i + batch] for i in range(0, len(sources), max(1, batch))]
+    pool = ThreadPoolExecutor(threads_for(workers), thread_name_prefix="vidcli-decode")
+    try:
+        pending = [pool.submit(load, s) for s in chunks[0]] if chunks else []
+        for k, chunk in enumerate(chunks):
+            inputs = [f.result() for f in pending]
+            pending = [pool.submit(load, s) for s in chunks[k + 1]] if k + 1 < len(chunks) else []
+            yield from _answer(model, chunk, inputs, top, index, split, name)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _answer(model, chunk: list[Path], inputs: list, top: int, index: int | None, split: str,
+            name: str) -> Iterator[dict]:
+    good = [x for x in inputs if not isinstance(x, VidcliError)]
+    probs = iter(softmax(model(np.concatenate(good))).reshape(len(good), -1, len(model.card.labels))) if good \
+        else iter(())
+    for src, x in zip(chunk, inputs, strict=True):
+        shown = str(src) if index is None else f"{src}[{split}:{index}]"
+        if isinstance(x, VidcliError):
+            yield {"source": shown, "error": str(x), "model": name}
             continue
-        yield {"source": shown, "top_k": top_k(probs.mean(axis=0), card.labels, top), "clips": int(x.shape[0]),
-               "model": name}
+        yield {"source": shown, "top_k": top_k(next(probs).mean(axis=0), model.card.labels, top),
+               "clips": int(x.shape[0]), "model": name}

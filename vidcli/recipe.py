@@ -276,24 +276,10 @@ class Recipe:
     export: ExportConfig = field(default_factory=ExportConfig)
 
     def __post_init__(self) -> None:
-        check_name(self.name)
-        backend = _backend_of(self.model.arch)
-        if backend is not None:
-            check_opset(self.export.opset, backend)
+        check_name(self.name)  # export.opset is checked against the family's backend in registry.check_recipe
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
-
-
-def _backend_of(arch: str) -> str | None:
-    """The arch's backend by its family card (no framework import); None for an unknown arch, which
-    `registry.check_recipe` reports."""
-    from vidcli.backends import registry
-
-    try:
-        return registry.backend_name(arch)
-    except VidcliError:
-        return None
 
 
 def _plain(obj: Any) -> Any:

@@ -141,7 +141,10 @@ def _general_rules(rec: Any, fam: FamilySpec) -> list[tuple[str, str]]:
 def check_recipe(rec: Any) -> Any:
     """The recipe's model params, checked against its family; every key the family or its backend would not
     honour is an error naming the key and the family. Imports no framework."""
+    from vidcli.recipe import check_opset
+
     fam = spec(rec.model.arch)
+    check_opset(rec.export.opset, fam.backend)
     params = fam.parse(rec.model.params)
     inner = getattr(params, "pretrained", None)
     if inner and rec.model.pretrained and inner != rec.model.pretrained:
