@@ -267,10 +267,10 @@ def open_model(choice: Choice, threads: int = 0):
     return FrameworkModel(choice)
 
 
-def open_stream(choice: Choice):
+def open_stream(choice: Choice, threads: int = 1):
     """An object with `card`, `initial_states()` and `step(frame, states)`."""
     if choice.kind == "onnx":
         from vidcli.streaming import OnnxStream
 
-        return OnnxStream(choice.path)
+        return OnnxStream(choice.path, threads)
     return FrameworkStream(choice)

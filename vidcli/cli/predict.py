@@ -61,6 +61,10 @@ def register(app: typer.Typer) -> None:
         split: Split = typer.Option("test", "--split", help="The .npz split --index reads."),
         stream: bool = typer.Option(False, "--stream", help="Feed a stream model (MoViNet stream, online TSM) one "
                                     "frame at a time (--json: one line per frame)."),
+        batch: int = typer.Option(8, "--batch", min=1, help="Inputs per model call (decoded in parallel)."),
+        threads: int = typer.Option(None, "--threads", min=0, help="ONNX Runtime threads per call (0: its default; "
+                                    "default: 1 with --stream, where one frame is too little work to share, else 0).",
+                                    show_default=False),
         quiet: bool = QUIET,
     ) -> None:
         """Classify clips: the top-k labels of each input.
@@ -87,15 +91,15 @@ def register(app: typer.Typer) -> None:
         choice = models.resolve(model, runs_dir)
         name = str(choice.path)
         if stream:
-            m = models.open_stream(choice)
+            m = models.open_stream(choice, 1 if threads is None else threads)
             models.announce(choice)
             results = _stream_results(m, files, top_k, as_json, name)
         else:
             from vidcli import inference
 
-            m = models.open_model(choice)
+            m = models.open_model(choice, threads or 0)
             models.announce(choice)
-            results = inference.predict(m, files, top_k, clips, index, split, name)
+            results = inference.predict(m, files, top_k, clips, index, split, name, batch=batch)
         failures = total = 0
         for result in results:
             total += 1
