@@ -124,18 +124,19 @@ def udp_stream(seconds: float | None = None):
 
 
 class HttpLive:
-    """FFmpeg's MPEG-TS relayed to every HTTP client as a chunked body with no length: a live HTTP stream.
-    FFmpeg's normal exit ends each body properly (the last chunk); `cut()` drops the connections mid-body
-    (FFmpeg goes on, so a client that comes back joins the stream); a killed FFmpeg cuts them too."""
+    """FFmpeg's MPEG-TS relayed to every HTTP client as a chunked body with no length: a live HTTP stream, started
+    by the first GET (so a slow client never misses a short one). FFmpeg's normal exit ends each body properly
+    (the last chunk); `cut()` drops the connections mid-body (FFmpeg goes on, so a client that comes back joins
+    the stream); a killed FFmpeg cuts them too."""
 
     END, CUT = b"", None
 
     def __init__(self, seconds: float | None = None):
         self.seconds, self.clients, self.lock, self.gets = seconds, [], threading.Lock(), 0
+        self.proc: subprocess.Popen | None = None
+        self._stack, self._stopped = contextlib.ExitStack(), False
 
     def __enter__(self) -> HttpLive:
-        self._ff = ffmpeg(*source_args(self.seconds), "pipe:1", stdout=subprocess.PIPE)
-        self.proc = self._ff.__enter__()
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -149,6 +150,8 @@ class HttpLive:
                 with owner.lock:
                     owner.gets += 1
                     owner.clients.append(inbox)
+                    if owner.proc is None:
+                        owner._start()
                 self.send_response(200)
                 self.send_header("Content-Type", "video/mp2t")
                 self.send_header("Transfer-Encoding", "chunked")
@@ -173,13 +176,16 @@ class HttpLive:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        threading.Thread(target=self._pump, daemon=True).start()
         return self
 
-    def _pump(self) -> None:
-        while data := self.proc.stdout.read1(1 << 16):
+    def _start(self) -> None:
+        self.proc = self._stack.enter_context(ffmpeg(*source_args(self.seconds), "pipe:1", stdout=subprocess.PIPE))
+        threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
+
+    def _pump(self, proc: subprocess.Popen) -> None:
+        while data := proc.stdout.read1(1 << 16):
             self._send(data)
-        self._send(self.END if self.proc.wait() == 0 else self.CUT)
+        self._send(self.END if proc.wait() == 0 else self.CUT)
 
     def _send(self, item) -> None:
         with self.lock:
@@ -189,21 +195,26 @@ class HttpLive:
     def cut(self) -> None:
         self._send(self.CUT)
 
+    def kill(self) -> None:
+        """FFmpeg dies and the server with it: clients are cut, and a reconnect is refused."""
+        with self.lock:
+            if self.proc is not None:
+                self.proc.kill()
+        self.stop()
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/live.ts"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        if self.httpd is not None:
+        if not self._stopped:
+            self._stopped = True
             self.httpd.shutdown()
             self.httpd.server_close()
-            self.httpd = None
 
     def __exit__(self, *exc) -> None:
         self.stop()
-        self._ff.__exit__(None, None, None)
+        self._stack.close()
 
 
 class Cli:
@@ -415,13 +426,14 @@ def test_stream_killed_midway_keeps_its_lines_then_exit_1(live_models, protocol)
             url, proc = stack.enter_context(udp_stream())
         else:
             relay = stack.enter_context(HttpLive())
-            url, proc = relay.url, relay.proc
+            url = relay.url
         cli = Cli("predict", url, "-m", str(live_models["clip"]), "--json", "--stride", "2", "--timeout", "2",
                   "--reconnect", "1")
         cli.wait_lines(2)
-        proc.kill()
-        if protocol == "http":
-            relay.stop()  # the server is gone too: the reconnect is refused
+        if protocol == "udp":
+            proc.kill()
+        else:
+            relay.kill()  # the server goes too: the reconnect is refused
         code, stdout, stderr = cli.finish()
     assert code == 1, stderr
     assert len(json_lines(stdout)) >= 2

@@ -95,7 +95,8 @@ def _classify(entries: list[Path | str], camera: int | None, live: bool, timeout
 def register(app: typer.Typer) -> None:
     @app.command("predict")
     def predict(
-        sources: list[str] = typer.Argument(..., help="Video files, folders, globs, or - to read paths from stdin "
+        sources: list[str] = typer.Argument(None, help="Video files, folders, globs, URLs (video files over http(s); "
+                                            "live: rtsp://, udp://, http(s) streams ...), or - to read them from stdin "
                                             "(also .npy volumes, or an .npz with --index).", show_default=False),
         model: Path = typer.Option(None, "--model", "-m", help="An .onnx file, a run folder (its model.onnx, else "
                                    "its best checkpoint) or a checkpoint file (default: the newest finished run).",
@@ -127,19 +128,27 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Classify clips: the top-k labels of each input, or of a live stream as it plays.
 
-        Exit codes: 0 all inputs classified (live: the stream ended, or --duration passed); 3 some inputs failed
-        (every result is still printed); 2 bad input (no input could be read, a bad option; live: the URL failed,
-        e.g. HTTP 404, or the stream never sent a frame); 1 the job failed (live: the stream was lost after it
-        sent frames and no reconnect brought it back; the predictions printed stay, then one error line);
-        130 Ctrl-C (every line printed is complete).
+        \b
+        Exit codes:
+          0    all inputs classified (live: the stream ended, or --duration passed)
+          3    some inputs failed (every result is still printed)
+          2    bad input: no input could be read, or a bad option; live: the URL
+               failed (HTTP 404 ...) or the stream never sent a frame
+          1    the job failed; live: the stream was lost after it sent frames and
+               no reconnect brought it back (the lines printed stay, then one
+               error line)
+          130  Ctrl-C (every line printed is complete)
 
-        Live streams (rtsp://, udp://, rtmp://, srt://, http(s) MPEG-TS or HLS) and cameras are classified until
-        they end: a clip model on the newest --window frames every --stride frames, a stream model (--stream)
-        frame by frame; --json prints one line per prediction (source, frame, time in seconds from the
-        stream's start, top_k). An http(s) URL whose server gives its length is a file: downloaded (under a
-        temporary name) and classified like one. When the model is slower than the stream, frames are dropped
-        to stay live and counted on stderr. A stall (no frame for --timeout s) or a cut connection is
-        reconnected up to --reconnect times.
+        \b
+        Live streams (rtsp, udp, rtmp, srt, http(s) MPEG-TS or HLS) and cameras are
+        classified until they end: a clip model on the newest --window frames every
+        --stride frames, a stream model (--stream) frame by frame. --json prints one
+        line per prediction (source, frame, time: seconds from the stream's start,
+        top_k). An http(s) URL whose server sends its length is a file: downloaded
+        under a temporary name and classified like one (--live: a stream anyway).
+        A model slower than the stream drops frames to stay live (counted on
+        stderr). A stall (no frame for --timeout s) or a cut connection is
+        reconnected up to --reconnect times (UDP has no end: silence is a stall).
 
         \b
         Examples:
@@ -239,6 +248,7 @@ def _predict_live(m, source, stream: bool, as_json: bool, name: str, *, top_k: i
     with interrupts.deferred():
         reader = clf.reader(source, timeout=timeout, reconnect=reconnect, should_stop=interrupts.requested)
         warned = False
+        gone = False
         try:
             with reader:
                 for prediction in clf.predictions(reader, duration):
@@ -246,12 +256,24 @@ def _predict_live(m, source, stream: bool, as_json: bool, name: str, *, top_k: i
                     if reader.dropped and not warned:
                         warned = True
                         warn(f"{source.name}: the model is slower than the stream; dropping frames to stay live")
+        except BrokenPipeError:  # the reader of stdout left (`| head`): stop as it asked, quietly
+            gone = True
+            _drop_stdout()
         finally:
             view.close()
             log(live_mod.summary(reader, clf.predictions_made, started))
         stopped = interrupts.requested()
-    if stopped:
+    if stopped and not gone:
         raise typer.Exit(INTERRUPTED)
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush does not fail again on the closed pipe."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 class _LiveView:
@@ -279,14 +301,13 @@ class _LiveView:
         sys.stdout.flush()
 
     def close(self) -> None:
-        if not self.terminal:
+        if not self.terminal or self.last is None:
             return
         from vidcli import streaming
 
         streaming.live(None)
-        if self.last is not None:
-            p = self.last
-            _emit({"source": f"{p.source}  (at {p.time:.1f} s, frame {p.frame})", "top_k": p.top_k}, False)
+        p = self.last
+        _emit({"source": f"{p.source}  (at {p.time:.1f} s, frame {p.frame})", "top_k": p.top_k}, False)
 
 
 def _stream_results(m, files: list[Path], top_k: int, as_json: bool, name: str):
