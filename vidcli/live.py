@@ -168,10 +168,11 @@ class LiveClassifier:
 
 def summary(reader, predictions: int, started: float) -> str:
     """The closing stderr line: what was read, predicted and dropped."""
-    dropped = f", {reader.dropped} frames dropped (the model was slower than the stream)" if reader.dropped else \
-        ", no frames dropped"
-    return (f"{reader.source.name}: {reader.frames} frames in {time.monotonic() - started:.1f} s, "
-            f"{predictions} predictions{dropped}")
+    taken = f" ({reader.frames} to the model)" if reader.frames != reader.decoded else ""
+    dropped = f"{reader.dropped} frames dropped (the model was slower than the stream)" if reader.dropped else \
+        "no frames dropped"
+    return (f"{reader.source.name}: {reader.decoded} frames{taken} in {time.monotonic() - started:.1f} s, "
+            f"{predictions} predictions, {dropped}")
 
 
 def download(url: str, folder: Path) -> Path:

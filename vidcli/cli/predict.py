@@ -261,7 +261,8 @@ def _predict_live(m, source, stream: bool, as_json: bool, name: str, *, top_k: i
             _drop_stdout()
         finally:
             view.close()
-            log(live_mod.summary(reader, clf.predictions_made, started))
+            ended = " (stopped by Ctrl-C)" if interrupts.requested() and not gone else ""
+            log(live_mod.summary(reader, clf.predictions_made, started) + ended)
         stopped = interrupts.requested()
     if stopped and not gone:
         raise typer.Exit(INTERRUPTED)

@@ -6,7 +6,7 @@ live) and the drops are counted. The consumer owns the clock: no frame for `time
 or a lost connection is reconnected up to `reconnect` times in a row (the count starts again once frames flow).
 A source that never sends a frame is bad input (exit 2); one lost after it sent frames is a failed job (exit 1).
 
-HTTP(S) streams are read by `requests` and fed to OpenCV's FFmpeg backend as a byte stream (OpenCV >= 4.10), so a
+HTTP(S) streams are read by `requests` and fed to OpenCV's FFmpeg backend as a byte stream (OpenCV >= 4.11), so a
 status code is one clear error, a cut connection is told apart from a clean end (chunked encoding's last chunk),
 and the GET that classified the URL is the stream itself (servers that take one client work). FFmpeg opens the
 other protocols itself and does not tell a clean close from a cut: its end of stream is the stream's end; UDP has
@@ -195,6 +195,9 @@ class CameraSource(Source):
             raise VidcliError("camera not found or busy")
         return Capture(cap)
 
+    def end_reason(self, capture: Capture, waited: float, timeout: float) -> tuple[str, str]:
+        return "lost", "the camera stopped sending frames"
+
 
 def _words(exc: BaseException, timeout: float) -> str:
     import urllib3
@@ -207,7 +210,7 @@ def _words(exc: BaseException, timeout: float) -> str:
 
 
 def http_stream_supported() -> bool:
-    """OpenCV >= 4.10 decodes from a Python byte stream; older ones leave http to FFmpeg."""
+    """OpenCV >= 4.11 decodes from a Python byte stream; older ones leave http to FFmpeg (a cut reads as the end)."""
     return hasattr(cv2, "IStreamReader")
 
 
@@ -299,7 +302,7 @@ class LiveReader:
         self.source, self.prepare, self.keep = source, prepare, keep or (lambda i: True)
         self.capacity, self.timeout, self.reconnect = max(1, capacity), timeout, reconnect
         self.should_stop, self.warn = should_stop, warn
-        self.frames = self.dropped = self.connections = 0
+        self.frames = self.dropped = self.connections = 0  # frames handed over, dropped unseen, connections made
         self.started: float | None = None
         self._buffer: deque[Frame] = deque()
         self._limit = self.capacity
@@ -346,6 +349,11 @@ class LiveReader:
             while time.monotonic() < deadline and not self.should_stop():
                 time.sleep(0.05)
             self._connect()
+
+    @property
+    def decoded(self) -> int:
+        """Frames the stream sent so far (the ones `keep` passed over included)."""
+        return self._next
 
     def close(self) -> None:
         self._halt(wait=0.5)
