@@ -41,7 +41,7 @@ PLAYLISTS = ("application/vnd.apple.mpegurl", "application/x-mpegurl", "audio/mp
 MULTIPART = "multipart/x-mixed-replace"  # MJPEG cameras: FFmpeg's mpjpeg demuxer
 GRACE = 1.0  # seconds the consumer waits past `timeout`, so FFmpeg's own (more precise) timeouts report first
 BURST = 0.5  # seconds of frames the buffer holds at least (a stream's first frames arrive in one burst)
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")  # two letters at least: C:// is a drive
 
 
 class Frame(NamedTuple):
