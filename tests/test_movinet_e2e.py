@@ -261,7 +261,7 @@ def test_frame_by_frame_logits_equal_whole_clip_logits(stream_run, tiny_data):
     whole_clip = MovinetClassifier.from_config({**trained.get_config(), "clip_shape": (None, 32, 32, 3)})
     whole_clip.set_weights(trained.get_weights())
     clip = sorted((tiny_data / "test").rglob("*.avi"))[0]
-    frames = np.stack([f for _, f in streaming.stream_frames(clip, (32, 32), 2)])
+    frames = np.stack([f for _, f in streaming.stream_frames(clip, onnx_model.card)])
     x = onnx_model.card.preprocess(frames[None])
     states, kstates = onnx_model.initial_states(), keras_model.initial_states()
     for t in range(x.shape[1]):

@@ -10,13 +10,13 @@ is taken here, which is what the whole-clip model computes). Imports neither Ten
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from vidcli.errors import VidcliError
-from vidcli.modelcard import OUTPUT, softmax, top_k
+from vidcli.modelcard import OUTPUT, ModelCard, softmax, top_k
 
 
 def not_stream(where: str) -> VidcliError:
@@ -55,17 +55,29 @@ class OnnxStream:
         return values[0], {s.name: v for s, v in zip(self.spec.states, values[1:], strict=True)}
 
 
-def running_logits(model, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-    """After each uint8 frame (H, W, C), fed from fresh states: the logits of every frame so far (float64)."""
-    states = model.initial_states()
-    total = None
-    for n, frame in enumerate(frames):
-        logits, states = model.step(model.card.preprocess_frame(frame), states)
+class Running:
+    """A stream model fed frame by frame from fresh states: after each uint8 frame (H, W, C) of the card's size,
+    the logits of every frame so far (float64; a per-frame model's running mean, as its whole-clip model)."""
+
+    def __init__(self, model):
+        self.model, self.card = model, model.card
+        self.states, self.total, self.n = model.initial_states(), None, 0
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        logits, self.states = self.model.step(self.card.preprocess_frame(frame), self.states)
         logits = np.asarray(logits, dtype=np.float64)[0]
-        if model.card.stream.logits == "per_frame":
-            total = logits if total is None else total + logits
-            logits = total / (n + 1)
-        yield logits
+        if self.card.stream.logits != "per_frame":
+            return logits
+        self.n += 1
+        self.total = logits if self.total is None else self.total + logits
+        return self.total / self.n
+
+
+def running_logits(model, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """`Running` over `frames`."""
+    running = Running(model)
+    for frame in frames:
+        yield running(frame)
 
 
 def clip_logits(model, clip: np.ndarray) -> np.ndarray:
@@ -101,21 +113,34 @@ class StreamClips:
         return np.stack(out)
 
 
-def stream_frames(path: Path, size: tuple[int, int], frame_step: int) -> Iterator[tuple[int, np.ndarray]]:
-    """(frame index, uint8 frame resized with padding) for every `frame_step`-th frame, as the model was trained."""
-    from vidcli.video.decode import iter_frames, resize_with_pad
+def prepare_for(card: ModelCard) -> Callable[[np.ndarray], np.ndarray]:
+    """RGB frame -> the card's frame size by its resize rule (letterbox, or cover and centre crop)."""
+    if card.resize == "cover_crop":
+        from vidcli.datasets.source import crop_views
+
+        return lambda rgb: crop_views(rgb[None], card.size, 1, False)[0, 0]
+    from vidcli.video.decode import resize_with_pad
+
+    return lambda rgb: resize_with_pad(rgb, card.size)
+
+
+def stream_frames(path: Path, card: ModelCard) -> Iterator[tuple[int, np.ndarray]]:
+    """(frame index, uint8 frame resized by the card's rule) for every `frame_step`-th frame, as the model was
+    trained."""
+    from vidcli.video.decode import iter_frames
 
     if path.suffix in (".npy", ".npz"):
         raise VidcliError(f"{path}: --stream takes videos, not volumes")
+    prepare = prepare_for(card)
     for index, frame in enumerate(iter_frames(path)):
-        if index % frame_step == 0:
-            yield index, resize_with_pad(frame, size)
+        if index % card.frame_step == 0:
+            yield index, prepare(frame)
 
 
 def predict_stream(model, source: Path, top: int = 5, name: str = "") -> Iterator[dict]:
     """One result per frame fed: the top-k of every frame seen so far."""
     card = model.card
-    indexed = stream_frames(source, card.size, card.frame_step)
+    indexed = stream_frames(source, card)
     positions: list[int] = []
 
     def frames() -> Iterator[np.ndarray]:
