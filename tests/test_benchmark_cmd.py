@@ -123,7 +123,8 @@ def test_volume_shape_without_data(tmp_path):
                                                         "model": {"arch": "vivit"}})
 
     assert sample_shape(rec(root=str(tmp_path / "organmnist3d_64.npz"))) == (64, 64, 64, 1)
-    assert sample_shape(rec(root=str(tmp_path / "x.npz"), synth={"volumes": True, "size": 20})) == (20, 20, 20, 1)
+    synth = {"volumes": True, "classes": 4, "size": 20}
+    assert sample_shape(rec(root=str(tmp_path / "x.npz"), synth=synth)) == (20, 20, 20, 1)
     with pytest.raises(VidcliError, match="data.root"):
         sample_shape(rec(root=str(tmp_path / "x.npz")))
 

@@ -180,3 +180,14 @@ def test_bench_train_quick_times_each_family_through_its_trainer(tmp_path):
     assert rows[("tsm", "mixed_bfloat16")]["effective_precision"] == "float32"  # torch AMP needs CUDA
     names = [m["name"] for m in doc["metrics"]]
     assert "r2plus1d mixed_bfloat16 / float32" in names and "tsm mixed_bfloat16 / float32" not in names
+
+
+@pytest.mark.slow
+def test_bench_stream_quick_times_both_stream_models(tmp_path):
+    out = tmp_path / "stream.json"
+    proc = _run([str(BENCH / "bench_stream.py"), "--quick", "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)
+    _check_document(doc, "stream")
+    assert [m["model"] for m in doc["details"]["models"]] == ["TSM-MobileNetV2 online", "MoViNet-A0 stream"]
+    assert all(m["states"] > 0 and m["per_frame_1_thread_s"]["median"] > 0 for m in doc["details"]["models"])

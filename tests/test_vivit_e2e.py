@@ -197,7 +197,7 @@ def test_npz_with_wrong_dtype_or_shape_is_rejected(tmp_path):
 
 def test_unknown_data_set_name_is_bad_input():
     result = runner.invoke(app, ["data", "medmnist", "--name", "brainmnist3d"])
-    assert result.exit_code == 2 and "unknown MedMNIST 3D data set 'brainmnist3d'" in result.stderr
+    assert result.exit_code == 2 and "'brainmnist3d' is not one of 'organmnist3d'" in result.stderr
 
 
 def test_checksum_mismatch_keeps_nothing(tmp_path):
