@@ -83,7 +83,7 @@ def test_tree_start_beyond_true_length_gives_real_frames(start):
     assert clip.shape == (8, *SIZE, 3)
     for frame in clip:
         assert frame.mean() > 20, "black frame"
-    last = np.stack([decode.resize_with_pad(f, SIZE) for f in decode.iter_frames(path)])[-15:]
+    last = np.stack(list(decode.iter_frames(path, SIZE)))[-15:]  # the frames letterboxed by the clips' rule
     if start != "center":  # clamped to the last full clip: the last 15 decodable frames, every second one
         np.testing.assert_array_equal(clip, last[::2])
 
@@ -144,7 +144,7 @@ def test_truncated_copy_decodes_or_fails_clearly(tmp_path, name, fraction):
 def test_truncated_clip_uses_frames_that_exist(tmp_path):
     """Megamind cut at 30% still holds ~75 frames: a clip asked for at frame 250 comes from the end of those."""
     path = _truncated(tmp_path, "Megamind.avi", 0.3)
-    decoded = [decode.resize_with_pad(f, SIZE) for f in decode.iter_frames(path)]
+    decoded = list(decode.iter_frames(path, SIZE))
     assert 10 < len(decoded) < 270
     clip = decode.read_clip(path, 4, 2, SIZE, start=250)
     np.testing.assert_array_equal(clip, np.stack(decoded[-7:][::2]))

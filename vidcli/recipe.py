@@ -49,6 +49,15 @@ class DataConfig:
     sampling: Literal["step", "segments", "dense"] = "step"
     flip: bool = False  # random horizontal flip in training: off for direction-sensitive classes
     multiscale_crop: bool = True  # segments/dense training: crops at scales 1, .875, .75, .66
+    # Keep each video's decoded frames (sized for this recipe) on disk: the first epoch fills the cache,
+    # later ones read only the frames a clip needs. cache_dir: default $VIDCLI_CACHE or ~/.cache/vidcli.
+    cache: bool = False
+    cache_dir: str | None = None
+    cache_limit_gb: float = 20.0
+
+    def __post_init__(self) -> None:
+        if not self.cache_limit_gb > 0:
+            raise VidcliError(f"data.cache_limit_gb: must be more than 0, got {self.cache_limit_gb}")
 
 
 @dataclass
