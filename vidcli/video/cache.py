@@ -201,7 +201,7 @@ class FrameCache:
         with fsio.atomic_path(final) as tmp, open(tmp, "wb") as fh:
             fh.seek(HEADER)
             for i, frame in reader.frames(0):
-                arr = to_array(frame, fit)
+                arr = to_array(frame, fit, reader.scaler)
                 if shape is None:
                     shape = arr.shape
                 elif arr.shape != shape:

@@ -107,7 +107,7 @@ def iter_frames(path: str | Path, size: tuple[int, int] | None = None) -> Iterat
             try:
                 for _, frame in video.frames(0):
                     n += 1
-                    yield to_array(frame, fit)
+                    yield to_array(frame, fit, video.scaler)
             except av.FFmpegError as exc:
                 raise _unreadable(p, exc) from None
     if n == 0:
@@ -123,12 +123,14 @@ Pick = Callable[[int], np.ndarray]
 
 def sample(length: int, pick: Pick, fetch) -> tuple[np.ndarray, dict[int, np.ndarray], int]:
     """Positions `pick(length)` and the frames `fetch` finds there; when the frames ran out before the
-    last position (`fetch` returns where they ended), the positions are picked again from that length."""
-    for attempt in range(2):
+    last position (`fetch` returns where they ended), the positions are picked again from that length
+    (once more if that found nothing: OpenCV can confirm a seek past the end of a lying header)."""
+    for attempt in range(3):
         idx = np.asarray(pick(length), dtype=np.int64)
         want = idx.ravel().tolist()
         got, end = fetch(want)
-        if all(p in got for p in want) or end is None or attempt == 1 or end >= length or end == 0:
+        if all(p in got for p in want) or end is None or end >= length or end == 0 or attempt == 2 \
+                or (attempt == 1 and got):
             break
         length = end
     return idx, got, length
