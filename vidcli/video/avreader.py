@@ -63,7 +63,7 @@ class Index:
     keys: tuple[int, ...]  # decode positions of key frames, 0 first
     key_dts: tuple[int | None, ...]
     key_pts: tuple[int | None, ...]
-    open: frozenset[int]  # keys whose group starts with pictures shown before the key frame
+    leading: dict[int, frozenset[int]]  # open groups: key -> packets of pictures shown before the key frame
     width: int
     height: int
     fps: float
@@ -77,9 +77,10 @@ class Index:
         return self.keys[j] if j < len(self.keys) else self.count
 
     def start_for(self, i: int) -> int:
-        """The key frame to start decoding at for frame i: its group's, or the one before if that group is open."""
+        """The key frame to start decoding at for frame i: its group's, or the one before when frame i is one
+        of the pictures an open group shows before its key frame (they lean on the previous group)."""
         k = self.key_of(i)
-        return self.key_of(k - 1) if k in self.open else k
+        return self.key_of(k - 1) if i < k + len(self.leading.get(k, ())) else k
 
     @property
     def seekable(self) -> bool:
@@ -172,16 +173,18 @@ class AvVideo:
         keys = [i for i, row in enumerate(rows) if row[2]]
         if not keys or keys[0] != 0:
             keys = [0, *keys]
-        open_ = set()
+        leading = {}
         for k in keys[1:]:
             pts = rows[k][1]
-            if pts is not None and any(r[1] is not None and r[1] < pts and not r[2] for r in rows[k + 1 : k + LEADING]):
-                open_.add(k)
+            lead = frozenset(j for j in range(k + 1, min(k + LEADING, len(rows)))
+                             if pts is not None and rows[j][1] is not None and rows[j][1] < pts and not rows[j][2])
+            if lead:
+                leading[k] = lead
         cc = self.stream.codec_context
         rate = self.stream.average_rate or self.stream.guessed_rate
         stamps = [rows[k] if k < len(rows) else (None, None, True) for k in keys]
         index = Index(len(rows), tuple(keys), tuple(r[0] for r in stamps), tuple(r[1] for r in stamps),
-                      frozenset(open_), cc.width, cc.height, float(rate or 0.0), int(self.stream.frames or 0))
+                      leading, cc.width, cc.height, float(rate or 0.0), int(self.stream.frames or 0))
         self._restart()
         return index
 
@@ -234,19 +237,24 @@ class AvVideo:
 
     def frames(self, start: int = 0, trusted: int = 0) -> Iterator[tuple[int, av.VideoFrame]]:
         """(index, frame) in order, decoding from the key frame `start` to the end of the stream (which sets
-        `end`); frames of groups before the key frame `trusted` (decoded only as references) are left out."""
+        `end`); frames of groups before the key frame `trusted` (decoded only as references) are left out.
+        Starting right at an open group, its leading pictures (which would need the group before) are left
+        out too and the rest keep their numbers."""
         index = self.index
         pos = self._seek(start)
         self._fresh = False
         cc = self.stream.codec_context
-        made: dict[int, int] = {}
+        lead = index.leading.get(pos, frozenset()) if pos > 0 else frozenset()
+        made: dict[int, int] = {pos: len(lead)}
 
         def numbered(frames: list) -> Iterator[tuple[int, av.VideoFrame]]:
             for f in frames:
-                j = f.opaque
-                group = index.key_of(j if isinstance(j, int) else pos - 1)
+                j = f.opaque if isinstance(f.opaque, int) else pos - 1
+                group = index.key_of(j)
+                if group < trusted or j in lead:
+                    continue
                 r = made.get(group, 0)
-                if group >= trusted and r < index.next_key(group) - group:
+                if r < index.next_key(group) - group:
                     made[group] = r + 1
                     yield group + r, f
 
@@ -305,9 +313,9 @@ def to_array(frame: av.VideoFrame, fit: Fit, scaler: VideoReformatter | None = N
     format (area averaging, ~4x cheaper than converting at full size and resizing); enlarging and
     same-size frames convert at full size and resize with OpenCV, exactly as `Fit.apply`."""
     h, w = frame.height, frame.width
+    scaler = scaler or VideoReformatter()
     if fit.kind != "none" and fit.shrinks(h, w):
         nh, nw = fit.scaled(h, w)
-        small = (scaler or VideoReformatter()).reformat(frame, width=nw, height=nh, format="rgb24",
-                                                         interpolation="AREA")
+        small = scaler.reformat(frame, width=nw, height=nh, format="rgb24", interpolation="AREA", threads=1)
         return fit.place(small.to_ndarray())
-    return fit.apply(frame.to_ndarray(format="rgb24"))
+    return fit.apply(scaler.reformat(frame, format="rgb24", threads=1).to_ndarray())
