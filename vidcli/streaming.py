@@ -144,13 +144,13 @@ def open_stream_model(model: Path | None, runs_dir: Path = Path("runs")) -> Onnx
 
 def stream_frames(path: Path, size: tuple[int, int], frame_step: int) -> Iterator[tuple[int, np.ndarray]]:
     """(frame index, uint8 frame resized with padding) for every `frame_step`-th frame, as the model was trained."""
-    from vidcli.video.decode import iter_frames, resize_with_pad
+    from vidcli.video.decode import iter_frames
 
     if path.suffix == ".npy":
         raise VidcliError(f"{path}: --stream takes videos, not volumes")
-    for index, frame in enumerate(iter_frames(path)):
+    for index, frame in enumerate(iter_frames(path, size)):  # sized by the rule clips are trained with
         if index % frame_step == 0:
-            yield index, resize_with_pad(frame, size)
+            yield index, frame
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

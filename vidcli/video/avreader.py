@@ -35,17 +35,20 @@ av.logging.set_level(None)  # FFmpeg's own messages: we report problems in one l
 
 SAMPLE_TABLE_FORMATS = {"mov", "mp4"}
 _active = 0  # videos being decoded in this process right now
+_parallel = False  # several were decoded at once here: a data pipeline
 _active_lock = threading.Lock()
 
 
 def decode_threads() -> int:
-    """Threads for one decoder: FFmpeg's choice (one per core) when it decodes alone, one when several
-    decode at once (tf.data's parallel map, DataLoader workers), where more only fight over the cores:
-    on 2 cores a second thread per decoder cost 30% more CPU per clip. VIDCLI_DECODE_THREADS overrides."""
+    """Threads for one decoder: FFmpeg's choice (one per core) when it decodes alone, one in a data pipeline
+    (tf.data's parallel map, DataLoader workers), where more only fight over the cores: on 2 cores a second
+    thread per decoder cost 30% more CPU per clip. VIDCLI_DECODE_THREADS overrides."""
+    global _parallel
     env = os.environ.get("VIDCLI_DECODE_THREADS", "").strip()
     if env:
         return max(0, int(env))
-    if _active > 1:
+    _parallel = _parallel or _active > 1
+    if _parallel:
         return 1
     torch_data = sys.modules.get("torch.utils.data")
     if torch_data is not None and torch_data.get_worker_info() is not None:
