@@ -33,7 +33,6 @@ from vidcli.video.fit import Fit
 
 av.logging.set_level(None)  # FFmpeg's own messages: we report problems in one line of our own
 
-SAMPLE_TABLE_FORMATS = {"mov", "mp4"}
 _active = 0  # videos being decoded in this process right now
 _parallel = False  # several were decoded at once here: a data pipeline
 _active_lock = threading.Lock()
@@ -99,7 +98,8 @@ LEADING = 16  # packets after a key frame checked for pictures shown before it
 
 
 def file_id(path: Path, st: os.stat_result) -> tuple:
-    return (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    """What identifies a file's content well enough to reuse its index: a rewrite changes ctime at least."""
+    return (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 class AvVideo:
