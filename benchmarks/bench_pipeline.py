@@ -14,9 +14,10 @@ MPEG-4 part 2 with open GOPs, MS-MPEG-4 v3 and a UCF101-sized MPEG-4) it also me
   - CPU ms per clip against the decode limit: seeking to the key frame and decoding up to the last
     frame a clip needs, nothing converted (one decoder thread on both sides);
   - without --quick, epochs of the r2plus1d_ucf101 recipe's model (10x224x224, batch 8) on these clips,
-    before (OpenCV) / after (PyAV) / warm cache, and the same steps on in-memory clips (the model alone).
+    before (OpenCV) / after (PyAV) / warm cache, and the same steps on in-memory clips (the model alone);
+  - the pixel difference of the resize rule (FFmpeg's area scaler) from the OpenCV rule it replaces.
 
-    python benchmarks/bench_pipeline.py [--quick] [--out FILE] [--parts pipeline,decode,epoch]
+    python benchmarks/bench_pipeline.py [--quick] [--out FILE] [--parts pipeline,decode,resize,epoch]
 """
 
 from __future__ import annotations
@@ -292,6 +293,39 @@ def decode_limit(videos: list[Path], clips: int, frames: int, frame_step: int, s
             "ours_over_limit": total["ours"] / total["limit"], "opencv_over_limit": total["opencv"] / total["limit"]}
 
 
+# -- the resize rule: FFmpeg's area scaler from the decoder's YUV vs OpenCV's INTER_AREA on full-size RGB --------
+
+
+def resize_difference(videos: list[Path], every: int = 6, frames: int = 60) -> dict:
+    """|ours - the OpenCV rule| in levels (0-255) over every `every`-th of the first `frames` frames."""
+    from vidcli.video.avreader import AvVideo, to_array
+    from vidcli.video.decode import check_file
+    from vidcli.video.fit import Fit
+
+    rules = {"letterbox 224x224": Fit("pad", (224, 224)), "letterbox 112x112": Fit("pad", (112, 112)),
+             "cover 256 (TSM at 224)": Fit("cover", (224, 224), 256 / 224)}
+    out = {}
+    for path in videos:
+        p, st = check_file(path)
+        row = {}
+        for name, fit in rules.items():
+            diffs = []
+            with AvVideo(p, st) as video:
+                for i, frame in video.frames(0):
+                    if i >= frames:
+                        break
+                    if i % every == 0:
+                        old = fit.apply(frame.to_ndarray(format="rgb24"))
+                        diffs.append(np.abs(to_array(frame, fit).astype(np.int16) - old))
+            d = np.stack(diffs)
+            row[name] = {"mean": float(d.mean()), "p99": float(np.percentile(d, 99)),
+                         "p99_9": float(np.percentile(d, 99.9)), "max": int(d.max())}
+        out[path.name] = row
+        common.log(f"  {path.name}: " + "; ".join(f"{k} mean {v['mean']:.2f} p99 {v['p99']:.0f} max {v['max']}"
+                                                   for k, v in row.items()))
+    return out
+
+
 # -- epochs of the r2plus1d_ucf101 recipe's model ------------------------------------------------------
 
 
@@ -374,7 +408,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeat", type=int, default=None, help="Timed epochs per pipeline (default 3, quick 1).")
     p.add_argument("--clips", type=int, default=None, help="Clips per video for the decode limit (default 20).")
-    p.add_argument("--parts", default=None, help="pipeline,decode,epoch (default all; quick: pipeline,decode).")
+    p.add_argument("--parts", default=None, help="pipeline,decode,resize,epoch (default all; quick: pipeline,decode).")
     p.add_argument("--variants", default=None, help="Folder to keep the re-encoded clips in (default: temporary).")
     p.add_argument("--cache-copies", type=int, default=None, help="Copies of each video for the frame cache "
                    "(default 4x --copies, quick 1).")
@@ -383,7 +417,7 @@ def main() -> None:
     started, load_before = time.time(), common.loadavg()
     repeat = args.repeat or (1 if args.quick else 3)
     copies = args.copies or (1 if args.quick else 2)
-    parts = set((args.parts or ("pipeline,decode" if args.quick else "pipeline,decode,epoch")).split(","))
+    parts = set((args.parts or ("pipeline,decode" if args.quick else "pipeline,decode,resize,epoch")).split(","))
     names = ["Megamind.avi", "tree.avi"] if args.quick else ["Megamind.avi", "box.mp4", "tree.avi"]
     random.seed(0)
     if not common.VIDEOS.is_dir():
@@ -421,6 +455,12 @@ def main() -> None:
                                          "key-frame seek + decode of the needed frames; all videos together"))
             metrics.append(common.metric("real: OpenCV decoder CPU per clip / decode limit", d["opencv_over_limit"],
                                          "x", note="before: the OpenCV reader"))
+        if "resize" in parts:
+            common.log("resize rule: FFmpeg's area scaler from YUV vs OpenCV INTER_AREA on full-size RGB (levels)")
+            details["resize"] = r = resize_difference(videos)
+            worst = max(v["mean"] for row in r.values() for v in row.values())
+            metrics.append(common.metric("resize: mean |ours - OpenCV rule|, worst video and rule", worst, "levels",
+                                         note="of 255; shrinking only (enlarging is the OpenCV rule itself)"))
         if "epoch" in parts:
             common.log("r2plus1d_ucf101 recipe: epochs on the real clips")
             details["epoch"] = e = recipe_epochs(real, tmp / "epoch-cache", args.epoch_repeat)
