@@ -179,6 +179,18 @@ def test_a_damaged_entry_is_decoded_again(tmp_path):
     assert store.stats["fills"] == 2 and _entries(tmp_path / "c")[0].stat().st_size > entry.stat().st_size - 100
 
 
+def test_an_entry_that_breaks_while_read_is_decoded_again(tmp_path, monkeypatch):
+    store = FrameCache(tmp_path / "c").check()
+    expected = decode.read_clip(VIDEOS / "tree.avi", 4, 2, SIZE, start=5, cache=store)
+
+    def broken(self, want):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(cache.Entry, "fetch", broken)
+    np.testing.assert_array_equal(decode.read_clip(VIDEOS / "tree.avi", 4, 2, SIZE, start=5, cache=store), expected)
+    assert _entries(tmp_path / "c") == []  # dropped; the next read fills it again
+
+
 def _warnings(capsys) -> list[str]:
     return [line for line in capsys.readouterr().err.splitlines() if line.strip()]
 

@@ -138,6 +138,10 @@ class FrameCache:
             self.stats["hits" if entry is not None else "misses"] += 1
         return entry
 
+    def drop(self, entry: Entry) -> None:
+        with contextlib.suppress(OSError):
+            entry.path.unlink()
+
     def _read_header(self, path: Path, video: Path, st: os.stat_result, fit: Fit) -> Entry | None:
         with open(path, "rb") as fh:
             head = json.loads(fh.read(HEADER).rstrip(b" \n\0"))

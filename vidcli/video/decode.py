@@ -146,7 +146,10 @@ def read_frames(path: str | Path, pick: Pick, fit: Fit, cache=None) -> tuple[np.
     if cache is not None:
         entry = cache.lookup(p, st, fit)
         if entry is not None:
-            return _checked(p, sample(entry.count, pick, entry.fetch))
+            try:
+                return _checked(p, sample(entry.count, pick, entry.fetch))
+            except OSError:
+                cache.drop(entry)  # damaged or removed under us: decoded again below
     video = open_video(p, st)
     if video is not None:
         from vidcli.video.avreader import av
@@ -155,7 +158,10 @@ def read_frames(path: str | Path, pick: Pick, fit: Fit, cache=None) -> tuple[np.
             try:
                 entry = cache.fill(p, st, fit, video) if cache is not None else None
                 if entry is not None:
-                    return _checked(p, sample(entry.count, pick, entry.fetch))
+                    try:
+                        return _checked(p, sample(entry.count, pick, entry.fetch))
+                    except OSError:
+                        cache.drop(entry)
 
                 def fetch(want):
                     got, ended = video.read(want, fit)
