@@ -220,35 +220,56 @@ def test_tsm_recipe_in_torch_and_onnx(tmp_path, monkeypatch):
 # --- input pipeline -------------------------------------------------------------------------------------
 
 
-def test_data_keras_pipeline(tmp_path, tiny_data):
+def test_data_keras_pipeline_epochs_with_and_without_the_cache(tmp_path, tiny_data):
+    """Whole epochs from a fresh pipeline, cache off then on (an empty temporary cache, removed afterwards)."""
     recipe = write_recipe(tmp_path / "tiny.yaml", tiny_recipe_dict(tiny_data))
-    doc = bench_json(str(recipe), "--data", "--batch", "4", *FAST)
+    doc = bench_json(str(recipe), "--data", "--batch", "4", "--epochs", "2")
     assert doc["mode"] == "data"
     assert doc["data"]["pipeline"] == "tf.data" and doc["data"]["clips"] == 18
     assert doc["data"]["clip_shape"] == [4, 32, 32, 3]
-    [row] = doc["rows"]
-    assert (row["batch"], row["batches"], row["clips"]) == (4, 2, 8)
-    assert row["clips_per_s"] > 0 and row["median_batch_ms"] > 0
+    assert doc["settings"] == {"batches": [4], "epochs": 2, "cache": "both", "workers": 0}
+    assert [(r["cache"], r["epoch"]) for r in doc["rows"]] == [("off", "cold"), ("off", "warm"), ("on", "cold"),
+                                                               ("on", "warm")]
+    for r in doc["rows"]:
+        assert (r["batch"], r["clips"], r["runs"]) == (4, 18, 1)
+        assert r["clips_per_s"] == pytest.approx(18 / r["seconds"], rel=1e-3)
+        assert r["cpu_ms_per_clip"] > 0
+    cache = doc["data"]["cache"]
+    assert cache["temporary"] and cache["writable"] and cache["bytes"] > 18 * 4 * 32 * 32 * 3
+    assert not Path(cache["folder"]).exists()
+
+
+def test_data_cache_folder_is_kept_and_warm_the_second_time(tmp_path, tiny_data):
+    recipe = write_recipe(tmp_path / "tiny.yaml", tiny_recipe_dict(tiny_data))
+    args = (str(recipe), "--data", "--batch", "6", "--epochs", "1", "--cache", "on", "--cache-dir",
+            str(tmp_path / "frames"))
+    first = bench_json(*args)
+    entries = sorted((tmp_path / "frames").rglob("*.frames"))
+    assert len(entries) == 18 and first["data"]["cache"]["bytes"] == sum(e.stat().st_size for e in entries)
+    mtimes = [e.stat().st_mtime_ns for e in entries]
+    second = bench_json(*args)
+    assert [r["cache"] for r in second["rows"]] == ["on"]
+    assert [e.stat().st_mtime_ns for e in sorted((tmp_path / "frames").rglob("*.frames"))] == mtimes  # only read
 
 
 def test_data_torch_pipeline_table(tmp_path, tiny_data):
-    """Without --batch the recipe's train.batch_size; 18 clips in batches of 3 wrap into the next epoch."""
+    """Without --batch the recipe's train.batch_size; segment sampling goes through the cache too."""
     recipe = write_recipe(tmp_path / "tsm.yaml", tiny_tsm_dict(tiny_data))
-    result = bench(str(recipe), "--data", "--runs", "7", "--warmup", "0")
+    result = bench(str(recipe), "--data", "--epochs", "2", "--cache", "off")
     assert result.exit_code == 0, result.stderr + repr(result.exception)
     rows = [line.split("│")[1:-1] for line in result.stdout.splitlines() if line.startswith("│")]
-    assert len(rows) == 1
-    pipeline, batch, workers, batches, median, rate = (c.strip() for c in rows[0])
-    assert (pipeline, batch, workers, batches) == ("DataLoader", "3", "0", "7")
-    assert float(rate) > 0 and float(median) > 0
-    assert "clips/s" in result.stdout
+    assert len(rows) == 2
+    cells = [[c.strip() for c in row] for row in rows]
+    assert [c[:5] for c in cells] == [["DataLoader", "3", "0", "off", "cold"], ["DataLoader", "3", "0", "off", "warm"]]
+    assert all(float(c[5]) > 0 and float(c[6]) > 0 and float(c[7]) > 0 for c in cells)
+    assert "whole epochs" in result.stdout
 
 
 def test_data_of_a_run(tmp_path, tiny_data):
     run = fake_run(tmp_path / "run", tiny_recipe_dict(tiny_data), labels=("left", "right", "up"))
-    doc = bench_json(str(run), "--data", "--batch", "6", "--workers", "1", "--runs", "1", "--warmup", "0")
+    doc = bench_json(str(run), "--data", "--batch", "6", "--workers", "1", "--epochs", "1", "--cache", "off")
     assert doc["data"]["source"] == str(run) and doc["settings"]["workers"] == 1
-    assert doc["rows"][0]["clips"] == 6
+    assert [r["clips"] for r in doc["rows"]] == [18] and doc["data"]["cache"] is None
 
 
 def test_data_missing_root(tmp_path):
@@ -279,9 +300,12 @@ def test_bad_options(tmp_path):
     assert "--set applies to a recipe" in bench_error(str(run), "--set", "data.frames=2")
     assert "--classes applies to a recipe" in bench_error(str(run), "--classes", "4")
     assert "--device" in bench_error(str(run), "--device", "gpu")
-    assert "--workers" in bench_error(str(run), "--workers", "2")
+    assert "--workers: applies to --data only" in bench_error(str(run), "--workers", "2")
     assert "--formats, --threads: not used with --data" in bench_error(str(run), "--data", "--formats", "onnx",
                                                                         "--threads", "1")
+    assert "--runs: not used with --data" in bench_error(str(run), "--data", "--runs", "3")
+    assert "--epochs, --cache: applies to --data only" in bench_error(str(run), "--epochs", "2", "--cache", "on")
+    assert "--cache: expected one of both, on, off" in bench_error(str(run), "--data", "--cache", "maybe")
     assert "--runs" in bench_error(str(run), "--runs", "0")
 
 

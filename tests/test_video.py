@@ -83,7 +83,7 @@ def test_tree_start_beyond_true_length_gives_real_frames(start):
     assert clip.shape == (8, *SIZE, 3)
     for frame in clip:
         assert frame.mean() > 20, "black frame"
-    last = np.stack([decode.resize_with_pad(f, SIZE) for f in decode.iter_frames(path)])[-15:]
+    last = np.stack(list(decode.iter_frames(path, SIZE)))[-15:]  # the frames letterboxed by the clips' rule
     if start != "center":  # clamped to the last full clip: the last 15 decodable frames, every second one
         np.testing.assert_array_equal(clip, last[::2])
 
@@ -144,7 +144,7 @@ def test_truncated_copy_decodes_or_fails_clearly(tmp_path, name, fraction):
 def test_truncated_clip_uses_frames_that_exist(tmp_path):
     """Megamind cut at 30% still holds ~75 frames: a clip asked for at frame 250 comes from the end of those."""
     path = _truncated(tmp_path, "Megamind.avi", 0.3)
-    decoded = [decode.resize_with_pad(f, SIZE) for f in decode.iter_frames(path)]
+    decoded = list(decode.iter_frames(path, SIZE))
     assert 10 < len(decoded) < 270
     clip = decode.read_clip(path, 4, 2, SIZE, start=250)
     np.testing.assert_array_equal(clip, np.stack(decoded[-7:][::2]))
@@ -266,3 +266,169 @@ def test_bad_sampling_arguments(tmp_path):
     path = _counter_video(tmp_path / "count.avi", 4)
     assert "frames" in _error(decode.read_clip, path, 0, 1, SIZE)
     assert "frame_step" in _error(decode.read_clip, path, 4, 0, SIZE)
+
+
+# --- PyAV: the same frames as OpenCV's forward read, exact key-frame seeks, one open per clip ---------------
+
+
+def _opencv(monkeypatch) -> None:
+    monkeypatch.setenv("VIDCLI_DECODER", "opencv")
+
+
+@pytest.mark.parametrize("name", ["Megamind.avi", "tree.avi", "box.mp4"])
+def test_pyav_and_opencv_decode_the_same_frames(name, monkeypatch):
+    path = _video(name)
+    ours = list(decode.iter_frames(path))
+    _opencv(monkeypatch)
+    theirs = list(decode.iter_frames(path))
+    assert len(ours) == len(theirs)
+    assert all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+def _encode(frames: list[np.ndarray], dest: Path, codec: str, gop: int, bframes: int) -> Path:
+    """Re-encode real frames with PyAV: other codecs, containers and key-frame intervals."""
+    import av
+
+    h, w = frames[0].shape[:2]
+    with av.open(str(dest), "w") as out:
+        s = out.add_stream(codec, rate=25)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        s.codec_context.gop_size = gop
+        if codec == "libx264":
+            s.options = {"preset": "ultrafast", "bf": str(bframes), "keyint_min": str(gop)}
+        elif codec == "libvpx-vp9":
+            s.options = {"deadline": "realtime", "cpu-used": "8"}
+        else:
+            s.codec_context.max_b_frames = bframes
+        for arr in frames:
+            out.mux(s.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")))
+        out.mux(s.encode(None))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory) -> dict[str, Path]:
+    """Megamind (real footage, 160x120, 90 frames) as H.264 with B-frames in MP4 and Matroska, MPEG-4 part 2
+    with B-frames and MS-MPEG-4 v3 in AVI, VP9 in WebM."""
+    folder = tmp_path_factory.mktemp("variants")
+    frames = [cv2.resize(f, (160, 120), interpolation=cv2.INTER_AREA)
+              for f in decode.iter_frames(_video("Megamind.avi"))][:90]
+    specs = {"h264.mp4": ("libx264", 20, 3), "h264.mkv": ("libx264", 16, 2), "mpeg4.avi": ("mpeg4", 25, 2),
+             "mp43.avi": ("msmpeg4v3", 30, 0), "vp9.webm": ("libvpx-vp9", 24, 0)}
+    return {name: _encode(frames, folder / name, *spec) for name, spec in specs.items()}
+
+
+@pytest.mark.parametrize("name", ["h264.mp4", "h264.mkv", "mpeg4.avi", "mp43.avi", "vp9.webm"])
+def test_seeking_gives_the_frames_of_a_forward_read(variants, name, monkeypatch):
+    """Random clips read by key-frame seeks are exactly the frames of a full forward pass, whose count is
+    OpenCV's."""
+    path = variants[name]
+    every = list(decode.iter_frames(path, SIZE))
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        first = int(rng.integers(0, len(every)))
+        clip = decode.read_clip(path, 4, 3, SIZE, start=first)
+        start = min(first, len(every) - 10)
+        np.testing.assert_array_equal(clip, np.stack(every[start : start + 10 : 3]))
+    _opencv(monkeypatch)
+    assert sum(1 for _ in decode.iter_frames(path)) == len(every)
+
+
+def test_a_clip_opens_its_file_once_and_decodes_from_the_nearest_key_frame(variants, monkeypatch):
+    import av
+
+    from vidcli.video import avreader
+
+    path = variants["h264.mp4"]
+    decode.read_clip(path, 2, 1, SIZE, start=0)  # the index is remembered from here on
+    opens, packets = [], []
+    real_open, real_decode = av.open, avreader._decode
+    monkeypatch.setattr(av, "open", lambda *a, **k: opens.append(a) or real_open(*a, **k))
+    monkeypatch.setattr(avreader, "_decode", lambda cc, pkt: packets.append(pkt) or real_decode(cc, pkt))
+    decode.read_clip(path, 3, 2, SIZE, start=45)  # key frames every 20: frames 40..49 decode, 45..49 are kept
+    assert len(opens) == 1
+    sent = [p.opaque for p in packets if p is not None]
+    assert sent[0] == 40 and sent == list(range(40, 40 + len(sent)))
+    assert len(sent) <= 10 + 6  # and a few more while B-frames and decoder threads hold pictures back
+
+
+def test_index_counts_what_decodes_not_what_the_header_says():
+    from vidcli.video.avreader import AvVideo
+
+    path, st = decode.check_file(_video("tree.avi"))
+    with AvVideo(path, st) as video:
+        assert (video.index.reported, video.index.count) == (444, 68)
+
+
+def test_opencv_reads_what_pyav_cannot_open(monkeypatch):
+    from vidcli.video import avreader
+
+    def refuse(*args):
+        raise avreader.CannotOpen("test")
+
+    expected = decode.read_clip(_video("tree.avi"), 4, 2, SIZE, start=10)
+    monkeypatch.setattr(avreader, "AvVideo", refuse)
+    clip = decode.read_clip(_video("tree.avi"), 4, 2, SIZE, start=10)
+    assert clip.shape == expected.shape
+    assert np.abs(clip.astype(int) - expected).max() <= 1  # OpenCV's INTER_AREA vs FFmpeg's area scaler
+    assert decode.probe(_video("tree.avi")).reported_frames == 444
+
+
+def test_unknown_decoder_setting(monkeypatch):
+    monkeypatch.setenv("VIDCLI_DECODER", "gstreamer")
+    assert "VIDCLI_DECODER" in _error(decode.read_clip, _video("tree.avi"), 4, 1, SIZE)
+
+
+@pytest.mark.parametrize("name", ["Megamind.avi", "box.mp4"])
+def test_shrinking_in_ffmpeg_stays_close_to_opencv_area(name, monkeypatch):
+    """The letterbox rule: FFmpeg's area scaler from the decoder's YUV instead of OpenCV's INTER_AREA on
+    full-size RGB. Same geometry (black bars identical), pixels within a few levels on average."""
+    from vidcli.video.fit import Fit
+
+    ours = decode.read_clip(_video(name), 4, 8, (112, 112), start=0)
+    _opencv(monkeypatch)
+    theirs = decode.read_clip(_video(name), 4, 8, (112, 112), start=0)
+    info = decode.probe(_video(name))
+    bar = (112 - Fit("pad", (112, 112)).scaled(info.height, info.width)[0]) // 2
+    for clip in (ours, theirs):
+        assert (clip[:, :bar] == 0).all() and (clip[:, 112 - bar :] == 0).all()
+        assert clip[:, bar : 112 - bar].mean() > 20
+    diff = np.abs(ours.astype(int) - theirs)
+    assert diff.mean() < 2.0 and np.percentile(diff, 99) < 16
+
+
+NOISY = """
+import sys
+from vidcli.errors import VidcliError
+from vidcli.video import decode
+for path in sys.argv[1:]:
+    try:
+        decode.read_clips(path, 8, 4, (32, 32), clips=3)
+        sum(1 for _ in decode.iter_frames(path))
+    except VidcliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("decoder", ["pyav", "opencv"])
+def test_damaged_videos_print_nothing_but_our_error_line(tmp_path, decoder):
+    """FFmpeg's decoders complain on stderr about every damaged packet; a fresh process reading cut and
+    corrupted copies of the real videos prints only our own one-line errors."""
+    import os
+    import subprocess
+    import sys
+
+    paths = [_truncated(tmp_path, n, f) for n in ("box.mp4", "Megamind.avi", "tree.avi") for f in (0.001, 0.05, 0.5)]
+    data = bytearray(_video("box.mp4").read_bytes())
+    rng = np.random.default_rng(0)
+    for at in rng.integers(len(data) // 10, len(data) - 100, 20):
+        data[at : at + 50] = rng.integers(0, 256, 50, dtype=np.uint8).tobytes()
+    (tmp_path / "corrupt.mp4").write_bytes(bytes(data))
+    paths.append(tmp_path / "corrupt.mp4")
+    env = {**os.environ, "VIDCLI_DECODER": decoder}
+    proc = subprocess.run([sys.executable, "-c", NOISY, *map(str, paths)], capture_output=True, text=True, env=env,
+                          timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines and all(line.startswith("error: ") for line in lines), proc.stderr[:2000]
+    assert len(lines) <= len(paths)

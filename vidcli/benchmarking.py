@@ -13,6 +13,7 @@ run folder, so recipe and run share every later step. No framework is imported h
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import platform
@@ -392,44 +393,92 @@ def time_batches(batches: Iterator[int], warmup: int, runs_: int, seconds: float
     return times, clips
 
 
-def benchmark_data(target: Target, batches: list[int] | None = None, *, warmup: int = 3, runs_: int = 10,
-                   seconds: float | None = None, workers: int | None = None) -> dict[str, Any]:
-    """Clips/s of the backend's training input pipeline (decoding, sampling, augmentation, batching) on
-    the train split, without the model: the rate training can at most be fed at."""
+CACHE_MODES = ("both", "on", "off")
+
+
+def _cpu_seconds() -> float:
+    """CPU of this process and of its finished children (DataLoader workers end with their epoch)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _epoch(backend, source, batch: int, workers: int, seed: int) -> tuple[float, float, int]:
+    """One whole epoch from a fresh pipeline, as training starts each epoch: (seconds, CPU seconds, clips)."""
+    steps = -(-len(source) // batch)
+    t0, c0 = time.perf_counter(), _cpu_seconds()
+    gen = backend.pipeline_batches(source, batch, workers, seed)
+    clips = 0
+    try:
+        for _ in range(steps):
+            clips += next(gen)
+    finally:
+        gen.close()
+    return time.perf_counter() - t0, _cpu_seconds() - c0, clips
+
+
+def _epoch_row(pipeline: str, batch: int, workers: int, cache: str, which: str, runs: list[tuple]) -> dict:
+    """`which`: cold (the first epoch) or warm (the median of the others)."""
+    seconds = statistics.median(r[0] for r in runs)
+    clips = runs[0][2]
+    cpu = statistics.median(r[1] for r in runs)
+    return {"pipeline": pipeline, "batch": batch, "workers": workers, "cache": cache, "epoch": which,
+            "runs": len(runs), "clips": clips, "seconds": round(seconds, 4),
+            "clips_per_s": round(clips / seconds, 4) if seconds > 0 else None,
+            "cpu_ms_per_clip": round(1000 * cpu / clips, 3) if clips else None}
+
+
+def benchmark_data(target: Target, batches: list[int] | None = None, *, epochs: int = 3, cache: str = "both",
+                   cache_dir: Path | None = None, workers: int | None = None) -> dict[str, Any]:
+    """Whole epochs of the backend's training input pipeline (decoding, sampling, augmentation, batching)
+    on the train split, without the model: the rate training can at most be fed at. Each epoch starts a
+    fresh pipeline, as training does; the first is cold, the rest warm. With the decoded-frame cache on,
+    the first epoch fills an empty cache (a temporary folder unless `cache_dir`) and later ones read it."""
     from vidcli.datasets.source import open_source
 
     if target.rec is None:
         raise VidcliError(f"--data times a run's or recipe's data; {target.source} is an .onnx file")
+    if epochs < 1:
+        raise VidcliError(f"--epochs: must be at least 1, got {epochs}")
+    if cache not in CACHE_MODES:
+        raise VidcliError(f"--cache: expected one of {', '.join(CACHE_MODES)}, got {cache!r}")
     rec = target.rec
     root = Path(rec.data.root)
     if not root.exists():
         raise VidcliError(f"data.root: {root} not found (fetch or generate it with `vidcli data ...`)")
     if workers is not None and workers < 0:
         raise VidcliError(f"--workers: must be 0 or more, got {workers}")
-    source = open_source(rec.data, "train", target.classes if target.kind == "run" else None)
-    backend_name = target.backend
+    classes = target.classes if target.kind == "run" else None
+    modes = ["off", "on"] if cache == "both" else [cache]
+    if "on" in modes and rec.data.format != "videos":
+        raise VidcliError(f"--cache on: the frame cache holds decoded videos; data.format is {rec.data.format}")
     backend = registry.backend(rec.model.arch)
     workers = rec.data.workers if workers is None else workers
-    pipeline = PIPELINES[backend_name]
-    rows = []
-    for b in batches or [rec.train.batch_size]:
-        log(f"timing the {pipeline} training pipeline, batch {b}, workers {workers}")
-        gen = backend.pipeline_batches(source, b, workers, rec.train.seed)
-        try:
-            times, clips = time_batches(gen, warmup, runs_, seconds)
-        finally:
-            gen.close()
-        total = sum(times)
-        rows.append({"pipeline": pipeline, "batch": b, "workers": workers, "batches": len(times), "clips": clips,
-                     "seconds": round(total, 4), "clips_per_s": round(clips / total, 4) if total > 0 else None,
-                     **{k.replace("_ms", "_batch_ms"): v for k, v in _stats(times).items() if k != "runs"}})
+    pipeline = PIPELINES[target.backend]
+    rows: list[dict[str, Any]] = []
+    caches: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="vidcli-frame-cache-") as tmp:
+        for mode in modes:
+            data = dataclasses.replace(rec.data, cache=mode == "on",
+                                       cache_dir=str(cache_dir or Path(tmp) / "cache") if mode == "on" else None)
+            source = open_source(data, "train", classes)
+            for b in batches or [rec.train.batch_size]:
+                log(f"timing {epochs} epoch(s) of the {pipeline} training pipeline, batch {b}, workers {workers}, "
+                    f"frame cache {mode}")
+                runs = [_epoch(backend, source, b, workers, rec.train.seed + e) for e in range(epochs)]
+                rows.append(_epoch_row(pipeline, b, workers, mode, "cold", runs[:1]))
+                if epochs > 1:
+                    rows.append(_epoch_row(pipeline, b, workers, mode, "warm", runs[1:]))
+            if source.cache is not None:
+                caches = {"folder": str(source.cache.root), "temporary": cache_dir is None,
+                          "bytes": sum(f.stat().st_size for f in source.cache.base.rglob("*.frames")),
+                          "writable": source.cache.writable}
     return {
         "mode": "data",
         "data": {"source": target.source, "root": str(root), "format": rec.data.format, "split": "train",
                  "clips": len(source), "clip_shape": list(source.sample_shape), "pipeline": pipeline,
-                 "sampling": rec.data.sampling},
-        "settings": {"batches": [r["batch"] for r in rows], "warmup": warmup,
-                     "runs": None if seconds else runs_, "seconds": seconds, "workers": workers},
+                 "sampling": rec.data.sampling, "cache": caches or None},
+        "settings": {"batches": list(dict.fromkeys(r["batch"] for r in rows)), "epochs": epochs, "cache": cache,
+                     "workers": workers},
         "machine": machine(),
         "rows": rows,
     }

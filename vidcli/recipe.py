@@ -151,11 +151,19 @@ class DataConfig:
     sampling: Literal["step", "segments", "dense"] = "step"
     flip: bool = False  # random horizontal flip in training: off for direction-sensitive classes
     multiscale_crop: bool = True  # segments/dense training: crops at scales 1, .875, .75, .66
+    # Keep each video's decoded frames (sized for this recipe) on disk: the first epoch fills the cache,
+    # later ones read only the frames a clip needs. cache_dir: default $VIDCLI_CACHE or ~/.cache/vidcli.
+    cache: bool = False
+    cache_dir: str | None = None
+    cache_limit_gb: float = 20.0
 
     def __post_init__(self) -> None:
         _check_path(self.root, "data.root")
+        if self.cache_dir is not None:
+            _check_path(self.cache_dir, "data.cache_dir")
         check_ranges(self, "data", {"frames": at_least(1, 4096), "frame_step": at_least(1), "size": at_least(1, 8192),
-                                    "workers": at_least(0, 1024), "max_bad_fraction": FRACTION})
+                                    "workers": at_least(0, 1024), "max_bad_fraction": FRACTION,
+                                    "cache_limit_gb": POSITIVE})
         clip = self.frames * self.size[0] * self.size[1] * 3
         if clip > CLIP_BYTES_MAX:
             h, w = self.size

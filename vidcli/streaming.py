@@ -124,6 +124,14 @@ def prepare_for(card: ModelCard) -> Callable[[np.ndarray], np.ndarray]:
     return lambda rgb: resize_with_pad(rgb, card.size)
 
 
+def fit_for(card: ModelCard):
+    """The decoder's resize rule for the card (what training's reader uses): letterbox, or cover then crop."""
+    from vidcli.modelcard import CROP_RATIO
+    from vidcli.video.fit import Fit
+
+    return Fit("cover", tuple(card.size), CROP_RATIO) if card.resize == "cover_crop" else Fit("pad", tuple(card.size))
+
+
 def stream_frames(path: Path, card: ModelCard) -> Iterator[tuple[int, np.ndarray]]:
     """(frame index, uint8 frame resized by the card's rule) for every `frame_step`-th frame, as the model was
     trained."""
@@ -132,7 +140,7 @@ def stream_frames(path: Path, card: ModelCard) -> Iterator[tuple[int, np.ndarray
     if path.suffix in (".npy", ".npz"):
         raise VidcliError(f"{path}: --stream takes videos, not volumes")
     prepare = prepare_for(card)
-    for index, frame in enumerate(iter_frames(path)):
+    for index, frame in enumerate(iter_frames(path, fit=fit_for(card))):  # sized in the decoder, as training
         if index % card.frame_step == 0:
             yield index, prepare(frame)
 

@@ -119,6 +119,12 @@ def _general_rules(rec: Any, fam: FamilySpec) -> list[tuple[str, str]]:
     elif changed(d, "multiscale_crop"):
         problems.append(("data.multiscale_crop", "crops are taken with data.sampling segments or dense; "
                                                  "sampling: step letterboxes the whole frame"))
+    if d.cache and d.format != "videos":
+        problems.append(("data.cache", f"keeps decoded video frames; data.format '{d.format}' has no video to decode"))
+    if not d.cache:
+        for key in ("cache_dir", "cache_limit_gb"):
+            if changed(d, key):
+                problems.append((f"data.{key}", "used only with data.cache: true"))
     if d.synth is not None and d.format == "frames":
         problems.append(("data.synth", "generates videos or volumes, not frame folders (data.format: frames)"))
     if d.synth is not None and d.synth.volumes != (d.format == "volumes"):

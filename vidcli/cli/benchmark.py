@@ -19,8 +19,9 @@ def register(app: typer.Typer) -> None:
                                     "format the model has)."),
         batch: str = typer.Option(None, "--batch", help="Batch sizes, e.g. 1,8 (default: 1; with --data: the "
                                   "recipe's train.batch_size)."),
-        warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed calls (batches with --data) first."),
-        runs: int = typer.Option(10, "--runs", min=1, help="Timed calls per row (batches with --data)."),
+        warmup: int = typer.Option(None, "--warmup", min=0, help="Untimed calls first (default 3).",
+                                   show_default=False),
+        runs: int = typer.Option(None, "--runs", min=1, help="Timed calls per row (default 10).", show_default=False),
         seconds: float = typer.Option(None, "--seconds", min=0.001, help="Time each row for this many seconds "
                                       "instead of --runs."),
         threads: int = typer.Option(None, "--threads", min=1, help="Threads for the framework and ONNX Runtime "
@@ -34,6 +35,12 @@ def register(app: typer.Typer) -> None:
                                   "from disk to batches)."),
         workers: int = typer.Option(None, "--workers", min=0, help="With --data: loader workers (default: the "
                                     "recipe's data.workers)."),
+        epochs: int = typer.Option(None, "--epochs", min=1, help="With --data: whole epochs per setting, each from "
+                                   "a fresh pipeline; the first is cold (default 3)."),
+        cache: str = typer.Option(None, "--cache", help="With --data: the decoded-frame cache both (default), on "
+                                  "or off."),
+        cache_dir: Path = typer.Option(None, "--cache-dir", help="With --data: the frame cache's folder (default: "
+                                       "an empty temporary one, so the first epoch is cold)."),
         runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where to look for the newest run."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout instead of the table."),
         quiet: bool = QUIET,
@@ -55,19 +62,25 @@ def register(app: typer.Typer) -> None:
         device = benchmarking.parse_device(device) if device is not None else None
         if data:
             unused = [name for name, value in (("--formats", formats), ("--threads", threads), ("--device", device),
-                                               ("--classes", classes)) if value is not None]
+                                               ("--classes", classes), ("--warmup", warmup), ("--runs", runs),
+                                               ("--seconds", seconds)) if value is not None]
             if unused:
-                raise VidcliError(f"{', '.join(unused)}: not used with --data, which times the input pipeline alone")
-        elif workers is not None:
-            raise VidcliError("--workers: applies to --data only")
+                raise VidcliError(f"{', '.join(unused)}: not used with --data, which times whole epochs of the "
+                                  "input pipeline (--epochs)")
+        else:
+            given = [name for name, value in (("--workers", workers), ("--epochs", epochs), ("--cache", cache),
+                                              ("--cache-dir", cache_dir)) if value is not None]
+            if given:
+                raise VidcliError(f"{', '.join(given)}: applies to --data only")
         target = benchmarking.resolve(model, runs_dir, set_, classes)
         if data:
-            result = benchmarking.benchmark_data(target, batches, warmup=warmup, runs_=runs, seconds=seconds,
-                                                 workers=workers)
+            result = benchmarking.benchmark_data(target, batches, epochs=epochs or 3, cache=(cache or "both").lower(),
+                                                 cache_dir=cache_dir, workers=workers)
         else:
             result = benchmarking.benchmark_models(
-                target, benchmarking.parse_formats(formats, target), batches or [1], warmup=warmup, runs_=runs,
-                seconds=seconds, threads=threads or 0, device=device or "auto")
+                target, benchmarking.parse_formats(formats, target), batches or [1],
+                warmup=3 if warmup is None else warmup, runs_=runs or 10, seconds=seconds, threads=threads or 0,
+                device=device or "auto")
         if as_json:
             typer.echo(json.dumps(result))
         else:
@@ -89,19 +102,21 @@ def _print_table(result: dict) -> None:
     from vidcli.console import out
 
     s = result["settings"]
-    timed = f"{s['seconds']:g} s of calls" if s["seconds"] else f"median of {s['runs']}"
     if result["mode"] == "data":
         d = result["data"]
         shape = "x".join(map(str, d["clip_shape"]))
+        where = f" · frame cache {d['cache']['folder']}" if d["cache"] and not d["cache"]["temporary"] else ""
         table = Table(title=escape(f"{d['root']} · train split ({d['clips']} clips of {shape})"),
-                      caption=f"{timed} batches after {s['warmup']} warm-up")
-        for name in ("pipeline", "batch", "workers", "batches", "median ms/batch", "clips/s"):
-            table.add_column(name, justify="left" if name == "pipeline" else "right")
+                      caption=escape(f"whole epochs, each from a fresh pipeline: the first (cold), the median of "
+                                     f"the others (warm); frame cache on or off{where}"))
+        for name in ("pipeline", "batch", "workers", "cache", "epoch", "s/epoch", "clips/s", "CPU ms/clip"):
+            table.add_column(name, justify="left" if name in ("pipeline", "cache", "epoch") else "right")
         for r in result["rows"]:
-            table.add_row(r["pipeline"], str(r["batch"]), str(r["workers"]), str(r["batches"]),
-                          _ms(r["median_batch_ms"]), _rate(r["clips_per_s"]))
+            table.add_row(r["pipeline"], str(r["batch"]), str(r["workers"]), r["cache"], r["epoch"],
+                          _ms(r["seconds"]), _rate(r["clips_per_s"]), _ms(r["cpu_ms_per_clip"]))
         out.print(table)
         return
+    timed = f"{s['seconds']:g} s of calls" if s["seconds"] else f"median of {s['runs']}"
     m = result["model"]
     shape = "x".join(map(str, m["input_shape"]))
     tol = m["tolerance"]

@@ -1,7 +1,9 @@
 """Framework-free data sources: index -> (uint8 sample, label), for any on-disk layout.
 
-The Keras and torch pipelines wrap a `Source`; decoding happens here, in numpy and OpenCV, so the
-same sampling serves every backend and the ONNX predict path. `load` is thread-safe.
+The Keras and torch pipelines wrap a `Source`; decoding happens here (vidcli.video), so the same
+sampling serves every backend and the ONNX predict path. `load` is thread-safe. With `data.cache` the
+decoded frames of each video are kept on disk (vidcli.video.cache) and later epochs read only the frames
+a clip needs; the samples are the same with the cache as without.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Source:
     sampling: str = "step"
     flip: bool = False
     multiscale: bool = True
+    cache: object | None = None  # a vidcli.video.cache.FrameCache
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __len__(self) -> int:
@@ -50,7 +53,8 @@ class Source:
         if self.kind == "videos":
             from vidcli.video.decode import read_clip
 
-            clip = read_clip(self.items[i], self.frames, self.frame_step, self.size, start=start, rng=rng)
+            clip = read_clip(self.items[i], self.frames, self.frame_step, self.size, start=start, rng=rng,
+                             cache=self.cache)
         elif self.kind == "frames":
             from vidcli.datasets.frames import load_frame_clip
 
@@ -87,7 +91,7 @@ class Source:
         n = int(self.extra["num_frames"][i]) if self.kind == "frames" else None
         return segment_views(self.items[i], self.kind, self.frames, self.size, self.sampling, clips=clips,
                              crops=crops, rng=rng, flip=self.flip, multiscale=self.multiscale, num_frames=n,
-                             lengths=self.extra.setdefault("lengths", {}))
+                             lengths=self.extra.setdefault("lengths", {}), cache=self.cache)
 
     def record_failure(self, i: int) -> bool:
         """Count a sample that failed to load; True the first time it fails."""
@@ -131,7 +135,7 @@ def open_source(data, split: str, classes: list[str] | None = None) -> Source:
         clips = scan_split(root, split, classes)
         h, w = data.size
         return Source("videos", clips.paths, clips.labels, clips.classes, (data.frames, h, w, 3),
-                      data.frames, data.frame_step, (h, w), **_sampling(data))
+                      data.frames, data.frame_step, (h, w), cache=frame_cache(data), **_sampling(data))
     if data.format == "frames":
         from vidcli.datasets.frames import read_frame_list
 
@@ -159,6 +163,22 @@ def _sampling(data) -> dict:
     return {"sampling": data.sampling, "flip": data.flip, "multiscale": data.multiscale_crop}
 
 
+_CACHES: dict[tuple, object] = {}
+
+
+def frame_cache(data):
+    """The recipe's decoded-frame cache (one per folder and limit in a process), or None when off."""
+    if not getattr(data, "cache", False):
+        return None
+    from vidcli.video.cache import FrameCache
+
+    cache = FrameCache(data.cache_dir, data.cache_limit_gb)
+    key = (str(cache.root), cache.limit)
+    if key not in _CACHES:
+        _CACHES[key] = cache.check()
+    return _CACHES[key]
+
+
 # TSM's sampling: `segments` frames, one per equal segment (or `dense`: a fixed stride), resized to cover
 # the model size times CROP_RATIO (the reference's 256 for 224) and cropped, never padded.
 CROP_RATIO = 256 / 224
@@ -183,22 +203,12 @@ def segment_positions(num_frames: int, segments: int, sampling: str, clips: int 
                       np.int64)
 
 
-def _video_frames(path: Path, pick, lengths: dict | None) -> np.ndarray:
-    """Frames at `pick(length)` in one pass; a header that overstates the length is corrected and re-read."""
-    from vidcli.video.decode import _read_positions, probe
+def _video_frames(path: Path, pick, lengths: dict | None, fit, cache=None) -> np.ndarray:
+    """Frames at `pick(length)` in one pass, sized by `fit`; a length the frames do not reach is corrected
+    and the positions picked again. `lengths` records the length used, by path."""
+    from vidcli.video.decode import read_frames
 
-    info = probe(path)
-    n = (lengths or {}).get(str(path)) or info.reported_frames or 1 << 20
-    for _ in range(2):
-        idx = pick(n)
-        got, seen, ended = _read_positions(path, idx.ravel().tolist(), (info.height, info.width))
-        if not got and seen == 0:
-            raise VidcliError(f"{path}: no decodable frames (corrupt or truncated video)")
-        if all(p in got for p in idx.ravel().tolist()) or not ended or seen >= n:
-            break
-        n = seen
-    if not got:
-        raise VidcliError(f"{path}: no decodable frames (corrupt or truncated video)")
+    idx, got, n = read_frames(path, pick, fit, cache)
     if lengths is not None:
         lengths[str(path)] = n
     have = sorted(got)
@@ -207,17 +217,14 @@ def _video_frames(path: Path, pick, lengths: dict | None) -> np.ndarray:
 
 
 def _cover(frames: np.ndarray, size: tuple[int, int], ratio: float) -> np.ndarray:
-    """Resize keeping the aspect ratio so the frames cover `size` * ratio."""
-    import cv2
+    """Resize keeping the aspect ratio so the frames cover `size` * ratio (video frames come covered
+    from the decoder; frame folders are covered here, by the same rule)."""
+    from vidcli.video.fit import Fit
 
-    th, tw = size
-    h, w = frames.shape[1:3]
-    f = max(th * ratio / h, tw * ratio / w)
-    nh, nw = max(th, round(h * f)), max(tw, round(w * f))
-    if (nh, nw) == (h, w):
+    fit = Fit("cover", tuple(size), ratio)
+    if fit.scaled(*frames.shape[1:3]) == frames.shape[1:3]:
         return frames
-    interp = cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR
-    return np.stack([cv2.resize(fr, (nw, nh), interpolation=interp) for fr in frames])
+    return np.stack([fit.apply(fr) for fr in frames])
 
 
 def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -238,10 +245,12 @@ def _grid(h: int, w: int, ch: int, cw: int, more: bool) -> list[tuple[int, int]]
 
 
 def train_view(frames: np.ndarray, size: tuple[int, int], rng: np.random.Generator, multiscale: bool,
-               flip: bool) -> np.ndarray:
+               flip: bool, covered: bool = False) -> np.ndarray:
     """The reference's training augmentation: multi-scale corner crop (scale pairs at most one step apart,
-    sizes within 3 px of the target snapped to it), resize to `size`, horizontal flip half the time."""
-    frames = _cover(frames, size, CROP_RATIO)
+    sizes within 3 px of the target snapped to it), resize to `size`, horizontal flip half the time.
+    `covered`: the frames already cover `size` * CROP_RATIO."""
+    if not covered:
+        frames = _cover(frames, size, CROP_RATIO)
     h, w = frames.shape[1:3]
     if multiscale:
         base = min(h, w)
@@ -261,13 +270,18 @@ def train_view(frames: np.ndarray, size: tuple[int, int], rng: np.random.Generat
     return np.ascontiguousarray(out)
 
 
-def crop_views(frames: np.ndarray, size: tuple[int, int], crops: int, flip: bool) -> np.ndarray:
+def crop_ratio(crops: int) -> float:
+    return 1.0 if crops == 3 else CROP_RATIO
+
+
+def crop_views(frames: np.ndarray, size: tuple[int, int], crops: int, flip: bool, covered: bool = False) -> np.ndarray:
     """1: centre crop; 3: three crops along the long side at scale 1 (the reference's full-resolution
     sampling); 10: corners and centre plus their mirror images, which `flip=False` leaves out (5 views)."""
     if crops not in CROPS:
         raise VidcliError(f"crops must be one of {', '.join(map(str, CROPS))}, got {crops}")
     ch, cw = size
-    frames = _cover(frames, size, 1.0 if crops == 3 else CROP_RATIO)
+    if not covered:
+        frames = _cover(frames, size, crop_ratio(crops))
     h, w = frames.shape[1:3]
     if crops == 1:
         corners = [((h - ch) // 2, (w - cw) // 2)]
@@ -284,11 +298,15 @@ def crop_views(frames: np.ndarray, size: tuple[int, int], crops: int, flip: bool
 
 def segment_views(item, kind: str, segments: int, size: tuple[int, int], sampling: str, *, clips: int = 1,
                   crops: int = 1, rng: np.random.Generator | None = None, flip: bool = False,
-                  multiscale: bool = True, num_frames: int | None = None, lengths: dict | None = None) -> np.ndarray:
+                  multiscale: bool = True, num_frames: int | None = None, lengths: dict | None = None,
+                  cache=None) -> np.ndarray:
     """uint8 (V, segments, H, W, 3) from a video file or a frame folder: with `rng` one augmented
-    training view, else `clips` x `crops` test views. Used by training, evaluation and `predict` alike."""
+    training view, else `clips` x `crops` test views. Used by training, evaluation and `predict` alike.
+    A video's frames come from the decoder already covering the crop area (see `_cover`)."""
     if clips < 1:
         raise VidcliError(f"clips must be >= 1, got {clips}")
+    if crops not in CROPS:
+        raise VidcliError(f"crops must be one of {', '.join(map(str, CROPS))}, got {crops}")
 
     def pick(n: int) -> np.ndarray:
         return segment_positions(n, segments, sampling, clips, rng)
@@ -300,7 +318,11 @@ def segment_views(item, kind: str, segments: int, size: tuple[int, int], samplin
         raw = load_frames(Path(item), idx.ravel(), None)
         raw = raw.reshape(idx.shape + raw.shape[1:])
     else:
-        raw = _video_frames(Path(item), pick, lengths)
+        from vidcli.video.fit import Fit
+
+        ratio = CROP_RATIO if rng is not None else crop_ratio(crops)
+        raw = _video_frames(Path(item), pick, lengths, Fit("cover", tuple(size), ratio), cache)
+    covered = kind != "frames"
     if rng is not None:
-        return train_view(raw[0], tuple(size), rng, multiscale, flip)[None]
-    return np.concatenate([crop_views(c, tuple(size), crops, flip) for c in raw])
+        return train_view(raw[0], tuple(size), rng, multiscale, flip, covered)[None]
+    return np.concatenate([crop_views(c, tuple(size), crops, flip, covered) for c in raw])

@@ -1,25 +1,26 @@
-"""Decode clips with OpenCV and sample `frames` frames every `frame_step` frames.
+"""Read clips from video files: `frames` frames every `frame_step` frames, sized for the model, RGB uint8.
 
-Containers lie about their length (an AVI header can announce 444 frames and hold 68), so the
-reported frame count is only a hint: frames are read sequentially and the true length is whatever
-actually decodes. Frames come back as uint8 RGB, resized with padding to the model size; the
-conversion to float happens in the model's input pipeline, where it is cheap.
+PyAV decodes (`avreader`: exact key-frame seeks, one open per clip, frames scaled inside FFmpeg); a file
+PyAV cannot open falls back to OpenCV (`cvreader`), and `VIDCLI_DECODER=opencv` forces that fallback
+(benchmarks compare the two). The frame count a clip is placed in comes from the container's packet
+index, never from the header's claim; when the frames run out before the index says, the positions are
+chosen again from the true length. Training, evaluation, `predict`, `iter_frames` and the decoded-frame
+cache all go through `read_frames`, so they cut the same frames.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-import vidcli.video  # noqa: F401  (quiets FFmpeg before cv2 loads)
-
-# isort: split
-import cv2
-
 from vidcli.errors import VidcliError
+from vidcli.video import cvreader
+from vidcli.video.cvreader import to_rgb  # noqa: F401  (part of this module's interface)
+from vidcli.video.fit import Fit
 
 VIDEO_EXTENSIONS = frozenset({".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv"})
 
@@ -33,128 +34,161 @@ class VideoInfo:
     reported_frames: int
 
 
-def _open(path: str | Path) -> cv2.VideoCapture:
+def check_file(path: str | Path) -> tuple[Path, os.stat_result]:
     p = Path(path)
-    if not p.exists():
-        raise VidcliError(f"{p}: file not found")
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise VidcliError(f"{p}: file not found") from None
+    except OSError as exc:
+        raise VidcliError(f"{p}: not readable ({exc.strerror or exc})") from None
     if p.is_dir():
         raise VidcliError(f"{p}: is a folder, not a video")
-    if p.stat().st_size == 0:
+    if st.st_size == 0:
         raise VidcliError(f"{p}: empty file (0 bytes)")
-    cap = cv2.VideoCapture(str(p))
-    if not cap.isOpened():
-        cap.release()
-        raise VidcliError(f"{p}: not a readable video (corrupt or unsupported format)")
-    return cap
+    return p, st
+
+
+def decoder() -> str:
+    """`pyav` (default, OpenCV for files it cannot open) or `opencv`, from VIDCLI_DECODER."""
+    name = os.environ.get("VIDCLI_DECODER", "pyav").strip().lower() or "pyav"
+    if name not in ("pyav", "opencv"):
+        raise VidcliError(f"VIDCLI_DECODER: expected pyav or opencv, got {name!r}")
+    return name
+
+
+def open_video(p: Path, st: os.stat_result):
+    """An `AvVideo`, or None when OpenCV must read this file."""
+    if decoder() == "opencv":
+        return None
+    from vidcli.video.avreader import AvVideo, CannotOpen
+
+    try:
+        return AvVideo(p, st)
+    except CannotOpen:
+        return None
+
+
+def _unreadable(p: Path, exc: Exception) -> VidcliError:
+    return VidcliError(f"{p}: not a readable video ({str(exc).splitlines()[0][:120] or type(exc).__name__})")
+
+
+def _no_frames(p: Path) -> VidcliError:
+    return VidcliError(f"{p}: no decodable frames (corrupt or truncated video)")
 
 
 def probe(path: str | Path) -> VideoInfo:
-    cap = _open(path)
-    try:
-        return VideoInfo(
-            Path(path),
-            int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
-            int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
-            float(cap.get(cv2.CAP_PROP_FPS) or 0.0),
-            max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0), 0),
-        )
-    finally:
-        cap.release()
-
-
-def to_rgb(frame: np.ndarray) -> np.ndarray:
-    """OpenCV frames in any channel layout (gray, BGR, BGRA) to RGB uint8."""
-    if frame.ndim == 2 or frame.shape[-1] == 1:
-        return cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
-    if frame.shape[-1] == 4:
-        return cv2.cvtColor(frame, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    """Size, frame rate and the frame count the container claims (a hint: headers lie)."""
+    p, st = check_file(path)
+    video = open_video(p, st)
+    if video is None:
+        return VideoInfo(p, *cvreader.probe(p))
+    with video:
+        i = video.index
+        return VideoInfo(p, i.width, i.height, i.fps, i.reported)
 
 
 def resize_with_pad(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Fit `frame` inside (height, width) keeping its aspect ratio; pad the rest with black, centred."""
-    th, tw = size
-    h, w = frame.shape[:2]
-    if (h, w) == (th, tw):
-        return frame
-    scale = min(th / h, tw / w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(frame, (nw, nh), interpolation=interp)
-    if (nh, nw) == (th, tw):
-        return resized
-    out = np.zeros((th, tw) + frame.shape[2:], dtype=frame.dtype)
-    top, left = (th - nh) // 2, (tw - nw) // 2
-    out[top : top + nh, left : left + nw] = resized
-    return out
+    return Fit("pad", tuple(size)).apply(frame)
 
 
-def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
-    """Every decodable frame of a video as RGB uint8, in order. Raises if none decodes."""
-    cap = _open(path)
+def iter_frames(path: str | Path, size: tuple[int, int] | None = None, fit: Fit | None = None) -> Iterator[np.ndarray]:
+    """Every decodable frame of a video as RGB uint8, in order; letterboxed to `size` when given (or sized by
+    `fit`), by the same rule clips are read with. Raises if none decodes."""
+    p, st = check_file(path)
+    fit = fit or (Fit("pad", tuple(size)) if size is not None else Fit())
     n = 0
-    try:
-        while True:
-            ok, frame = cap.read()
-            if not ok or frame is None:
-                break
-            n += 1
-            yield to_rgb(frame)
-    finally:
-        cap.release()
+    video = open_video(p, st)
+    if video is not None:
+        from vidcli.video.avreader import av, to_array
+
+        with video:
+            try:
+                for _, frame in video.frames(0):
+                    n += 1
+                    yield to_array(frame, fit, video.scaler)
+            except av.FFmpegError as exc:
+                raise _unreadable(p, exc) from None
     if n == 0:
-        raise VidcliError(f"{path}: no decodable frames (corrupt or truncated video)")
+        for frame in cvreader.iter_frames(p, fit):
+            n += 1
+            yield frame
+    if n == 0:
+        raise _no_frames(p)
 
 
-SEEK_GAP = 48  # frames; below this, decoding forward is cheaper than a seek
+Pick = Callable[[int], np.ndarray]
 
 
-def _read_positions(
-    path: str | Path, positions: Sequence[int], size: tuple[int, int], seek: bool = True
-) -> tuple[dict[int, np.ndarray], int, bool]:
-    """Read the frames at `positions` in one forward pass.
+def sample(length: int, pick: Pick, fetch) -> tuple[np.ndarray, dict[int, np.ndarray], int]:
+    """Positions `pick(length)` and the frames `fetch` finds there; when the frames ran out before the
+    last position (`fetch` returns where they ended), the positions are picked again from that length
+    (once more if that found nothing: OpenCV can confirm a seek past the end of a lying header)."""
+    for attempt in range(3):
+        idx = np.asarray(pick(length), dtype=np.int64)
+        want = idx.ravel().tolist()
+        got, end = fetch(want)
+        if all(p in got for p in want) or end is None or end >= length or end == 0 or attempt == 2 \
+                or (attempt == 1 and got):
+            break
+        length = end
+    return idx, got, length
 
-    Returns (frames by position, frames seen, reached end of stream). Unwanted frames are only
-    grabbed, never converted; a far jump seeks instead. A seek is trusted only when the container
-    confirms the position and the frame then decodes: otherwise the pass is redone without seeking,
-    which also measures the true length of a file whose header lies.
+
+def read_frames(path: str | Path, pick: Pick, fit: Fit, cache=None) -> tuple[np.ndarray, dict[int, np.ndarray], int]:
+    """(positions, frames by position, video length): the sampling core every reader shares.
+
+    With a `cache` (see `vidcli.video.cache`), a video's frames are decoded once and later reads touch only
+    the frames they need; the positions and frames are the same as without it.
     """
-    wanted = sorted(set(positions))
-    got: dict[int, np.ndarray] = {}
-    cap = _open(path)
-    pos = 0
-    ended = False
-    try:
-        for target in wanted:
-            seeked = False
-            if seek and target - pos > SEEK_GAP:
-                seeked = cap.set(cv2.CAP_PROP_POS_FRAMES, target) and int(cap.get(cv2.CAP_PROP_POS_FRAMES)) == target
-                if seeked:
-                    pos = target
-                else:
-                    break
-            while pos < target:
-                if not cap.grab():
-                    ended = True
-                    break
-                pos += 1
-            if ended:
-                break
-            ok, frame = cap.read()
-            if not ok or frame is None:
-                if seeked:
-                    break
-                ended = True
-                break
-            got[target] = resize_with_pad(to_rgb(frame), size)
-            pos += 1
-        else:
-            return got, pos, ended
-        if ended:
-            return got, pos, ended
-    finally:
-        cap.release()
-    return _read_positions(path, positions, size, seek=False)
+    p, st = check_file(path)
+    if cache is not None:
+        entry = cache.lookup(p, st, fit)
+        if entry is not None:
+            try:
+                return _checked(p, sample(entry.count, pick, entry.fetch))
+            except OSError:
+                cache.drop(entry)  # damaged or removed under us: decoded again below
+    video = open_video(p, st)
+    if video is not None:
+        from vidcli.video.avreader import av
+
+        with video:
+            try:
+                entry = cache.fill(p, st, fit, video) if cache is not None else None
+                if entry is not None:
+                    try:
+                        return _checked(p, sample(entry.count, pick, entry.fetch))
+                    except OSError:
+                        cache.drop(entry)
+
+                def fetch(want):
+                    got, ended = video.read(want, fit)
+                    return got, video.end if ended else None
+
+                result = sample(video.index.count, pick, fetch)
+            except av.FFmpegError as exc:
+                raise _unreadable(p, exc) from None
+        if result[1]:
+            return result
+    return _checked(p, _read_opencv(p, pick, fit))
+
+
+def _checked(p: Path, result: tuple) -> tuple:
+    if not result[1]:
+        raise _no_frames(p)
+    return result
+
+
+def _read_opencv(p: Path, pick: Pick, fit: Fit) -> tuple[np.ndarray, dict[int, np.ndarray], int]:
+    length = cvreader.probe(p)[3] or sum(1 for _ in cvreader.iter_frames(p, Fit()))
+
+    def fetch(want):
+        got, seen, ended = cvreader.read_positions(p, want, fit)
+        return got, seen if ended else None
+
+    return sample(length, pick, fetch)
 
 
 def clip_span(frames: int, frame_step: int) -> int:
@@ -186,46 +220,37 @@ def read_clips(
     clips: int = 1,
     start: str | int = "center",
     rng: np.random.Generator | None = None,
+    cache=None,
 ) -> np.ndarray:
     """`clips` clips of `frames` frames from one video: uint8 array (clips, frames, H, W, 3).
 
-    Clips shorter than needed are padded by repeating their last frame. The container's frame count
-    picks the positions; when the video turns out shorter, the positions are chosen again from the
-    true length (a second pass, only for files whose header lies).
+    Clips shorter than needed are padded by repeating their last frame.
     """
     if frames < 1 or frame_step < 1:
         raise VidcliError(f"frames and frame_step must be >= 1 (got {frames}, {frame_step})")
     span = clip_span(frames, frame_step)
-    hint = probe(path).reported_frames
-    length = hint if hint > 0 else span
-    for attempt in range(2):
+
+    def pick(length: int) -> np.ndarray:
         starts = choose_starts(length, span, clips, start, rng)
-        positions = [s + i * frame_step for s in starts for i in range(frames)]
-        got, seen, ended = _read_positions(path, positions, size)
-        if not got:
-            if seen > 0 and attempt == 0:
-                length = seen
-                continue
-            raise VidcliError(f"{path}: no decodable frames (corrupt or truncated video)")
-        complete = all(p in got for p in positions)
-        if complete or not ended or attempt == 1 or seen >= length:
-            break
-        length = seen  # the header lied: choose again from the true length
-    return _assemble(got, starts, frames, frame_step)
+        return np.asarray([[s + i * frame_step for i in range(frames)] for s in starts], dtype=np.int64)
+
+    idx, got, _ = read_frames(path, pick, Fit("pad", tuple(size)), cache)
+    return _assemble(got, idx)
 
 
-def _assemble(got: dict[int, np.ndarray], starts: list[int], frames: int, frame_step: int) -> np.ndarray:
+def _assemble(got: dict[int, np.ndarray], idx: np.ndarray) -> np.ndarray:
+    """Frames at positions (clips, frames); a missing one repeats the clip's previous frame."""
     first = next(iter(got.values()))
-    out = np.empty((len(starts), frames) + first.shape, dtype=np.uint8)
-    last_valid = min(got)
-    for c, s in enumerate(starts):
+    out = np.empty(idx.shape + first.shape, dtype=np.uint8)
+    have = sorted(got)
+    for c, row in enumerate(idx.tolist()):
         prev = None
-        for i in range(frames):
-            p = s + i * frame_step
+        for i, p in enumerate(row):
             if p in got:
                 prev = got[p]
             elif prev is None:
-                prev = got[max(k for k in got if k <= p)] if any(k <= p for k in got) else got[last_valid]
+                earlier = [k for k in have if k <= p]
+                prev = got[earlier[-1] if earlier else have[0]]
             out[c, i] = prev
     return out
 
