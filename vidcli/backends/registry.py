@@ -83,6 +83,14 @@ def plain_params(params: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(params)))
 
 
+def stream_module(arch: str) -> ModuleType:
+    """The family's stream module: `stream_onnx(model, card, opset)` and `stream_runner(model, card)`."""
+    fam = spec(arch)
+    if fam.stream_module is None:
+        raise VidcliError(f"model.arch '{arch}' has no stream model")
+    return _import(fam.stream_module, f"model.arch '{arch}'")
+
+
 def load_pretrained(rec: Any, params: Any, model: Any) -> None:
     """Fill `model` with the weights the recipe names (model.pretrained, or the params' own pretrained /
     imagenet_init), through the family's loader."""

@@ -192,9 +192,10 @@ def release_recipe(name: str) -> dict | None:
         return None
     size = {"a3": 256, "a4": 290, "a5": 320}.get(m.group(1), 172)
     return {"name": name, "description": f"{name} zero-shot (Kinetics-600)",
-            "data": {"root": "", "frames": 16, "frame_step": 6, "size": [size, size]},
+            "data": {"root": f"(none: {name} runs zero-shot)", "frames": 16, "frame_step": 6, "size": [size, size]},
             "model": {"arch": "movinet", "pretrained": name,
                       "params": {"model_id": m.group(1), "causal": m.group(2) == "stream"}}}
+
 
 SPEC = FamilySpec(
     name="movinet",

@@ -30,7 +30,7 @@ from vidcli.backends.keras import data as kdata  # noqa: E402
 from vidcli.backends.keras import distribute as kdist  # noqa: E402
 from vidcli.console import log, progress, warn  # noqa: E402
 from vidcli.datasets.source import Source  # noqa: E402
-from vidcli.errors import VidcliError, fail  # noqa: E402
+from vidcli.errors import VidcliError  # noqa: E402
 from vidcli.modelcard import INPUT, OUTPUT, ModelCard, StreamSpec  # noqa: E402
 
 STATE_MEMBER = "vidcli_state.json"
@@ -270,10 +270,10 @@ class KerasBackend(Backend):
         return convert(serve, [spec], opset, [OUTPUT])
 
     def export_stream(self, model, card, opset) -> tuple[bytes, StreamSpec]:
-        return _stream_module(card.arch).stream_onnx(model, card, opset)
+        return registry.stream_module(card.arch).stream_onnx(model, card, opset)
 
     def stream(self, model, card) -> Stream:
-        return _stream_module(card.arch).KerasStream(model, card)
+        return registry.stream_module(card.arch).stream_runner(model, card)
 
     # -- benchmarks ------------------------------------------------------------------------------------
 
@@ -299,13 +299,6 @@ class KerasBackend(Backend):
             for x, _, _ in kdata.train_dataset(source, batch_size, seed, first, first + chunk, workers):
                 yield int(x.shape[0])
             first += chunk
-
-
-def _stream_module(arch: str):
-    spec = registry.spec(arch)
-    if spec.stream_module is None:
-        raise fail(f"model.arch '{arch}' has no stream model")
-    return registry._import(spec.stream_module, f"model.arch '{arch}'")
 
 
 BACKEND = KerasBackend()

@@ -61,3 +61,6 @@ class KerasStream(Stream):
     def step(self, frame: np.ndarray, states):
         logits, states = self._step(frame, states)
         return np.asarray(logits, dtype=np.float32), states
+
+
+stream_runner = KerasStream  # the family contract's name (see `vidcli.backends.registry.stream_module`)

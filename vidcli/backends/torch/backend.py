@@ -552,10 +552,10 @@ class TorchBackend(Backend):
             return path.read_bytes()
 
     def export_stream(self, model, card, opset) -> tuple[bytes, StreamSpec]:
-        return _stream_module(card.arch).stream_onnx(model, card, opset)
+        return registry.stream_module(card.arch).stream_onnx(model, card, opset)
 
     def stream(self, model, card) -> Stream:
-        return _stream_module(card.arch).TorchStream(model, card)
+        return registry.stream_module(card.arch).stream_runner(model, card)
 
     def device_of(self, model):
         return str(next(model.parameters()).device)
@@ -577,13 +577,6 @@ class TorchBackend(Backend):
                         warn(f"skipping clip: {err}")
                 yield len(labels)
             epoch += 1
-
-
-def _stream_module(arch: str):
-    spec = registry.spec(arch)
-    if spec.stream_module is None:
-        raise VidcliError(f"model.arch '{arch}' has no stream model")
-    return registry._import(spec.stream_module, f"model.arch '{arch}'")
 
 
 BACKEND = TorchBackend()

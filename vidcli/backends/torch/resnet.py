@@ -20,6 +20,20 @@ EXPANSION = 4
 Wrapper = Callable[[nn.Module], nn.Module]
 
 
+def init_cnn(module: nn.Module, linear_std: float | None = None) -> None:
+    """torchvision's initialisation of its CNN backbones: He-normal convolutions (fan out), unit BatchNorm and,
+    with `linear_std`, normal linear layers (MobileNetV2's)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and linear_std is not None:
+            nn.init.normal_(m.weight, 0.0, linear_std)
+            nn.init.zeros_(m.bias)
+
+
 class Bottleneck(nn.Module):
     def __init__(self, inplanes: int, planes: int, stride: int = 1, wrap_conv1: Wrapper | None = None):
         super().__init__()
@@ -77,12 +91,7 @@ class ResNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_cnn(self)
 
     def stages(self) -> list[nn.Sequential]:
         return [self.layer1, self.layer2, self.layer3, self.layer4]

@@ -151,3 +151,6 @@ class TorchStream(Stream):
         device = next(self.model.parameters()).device
         out = self.step_module(torch.from_numpy(frame).to(device), *states)
         return out[0].float().cpu().numpy(), list(out[1:])
+
+
+stream_runner = TorchStream  # the family contract's name (see `vidcli.backends.registry.stream_module`)
