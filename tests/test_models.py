@@ -166,3 +166,26 @@ def test_keras_run_with_segment_sampling_takes_clips_and_crops(tiny_data, tmp_pa
     result = runner.invoke(app, ["eval", out["run"], "--clips", "2", "--crops", "3", "--json"])
     assert result.exit_code == 0, result.stderr  # a traceback before: predict_source() got 'clips'
     assert (json.loads(result.stdout)["clips"], json.loads(result.stdout)["crops"]) == (2, 3)
+
+
+def test_resume_refuses_what_would_not_do_what_it_says(run_copy, tiny_data, tmp_path):
+    """A recipe with --resume, a checkpoint of another model, a truncated checkpoint with --set: one line, exit 2,
+    the run untouched (recipe.yaml, history and checkpoints as they were)."""
+    before = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()}
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe_dict(tiny_data))
+    both = runner.invoke(app, ["train", str(recipe), "--resume", str(run_copy)])
+    assert both.exit_code == 2 and "not both" in both.stderr
+    other = tiny_recipe_dict(tiny_data, epochs=1, tensorboard=False)
+    other["model"]["params"]["filters"] = [8, 8]
+    out = json.loads(runner.invoke(app, ["train", str(write_recipe(tmp_path / "o.yaml", other)), "--runs-dir",
+                                         str(tmp_path / "runs"), "--json", "-q"]).stdout)
+    last = run_copy / "last.keras"
+    last.write_bytes((Path(out["run"]) / "last.keras").read_bytes())  # another model's checkpoint
+    swapped = runner.invoke(app, ["train", "--resume", str(run_copy), "--set", "train.epochs=3"])
+    assert swapped.exit_code == 2 and "the checkpoint holds another model" in swapped.stderr
+    assert "filters=[8, 8]" in swapped.stderr and "Traceback" not in swapped.stderr
+    last.write_bytes(before["last.keras"][:1000])  # truncated
+    cut = runner.invoke(app, ["train", "--resume", str(run_copy), "--set", "data.size=[64, 64]"])
+    assert cut.exit_code == 2 and "last.keras" in cut.stderr and "Traceback" not in cut.stderr
+    after = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()}
+    assert after["recipe.yaml"] == before["recipe.yaml"] and after["history.csv"] == before["history.csv"]
