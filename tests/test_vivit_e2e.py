@@ -285,6 +285,7 @@ def test_rgb_clips_train_and_export(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.accuracy
 def test_quickstart_reaches_90_percent_on_synthetic_volumes(tmp_path, monkeypatch):
     """The recipe as shipped (a few CPU minutes): proof that ViViT learns on built-in data."""
     monkeypatch.chdir(tmp_path)
