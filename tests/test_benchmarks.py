@@ -191,3 +191,13 @@ def test_bench_stream_quick_times_both_stream_models(tmp_path):
     _check_document(doc, "stream")
     assert [m["model"] for m in doc["details"]["models"]] == ["TSM-MobileNetV2 online", "MoViNet-A0 stream"]
     assert all(m["states"] > 0 and m["per_frame_1_thread_s"]["median"] > 0 for m in doc["details"]["models"])
+
+
+@pytest.mark.slow
+def test_bench_predict_quick_compares_sequential_and_parallel(tmp_path):
+    out = tmp_path / "predict.json"
+    proc = _run([str(BENCH / "bench_predict.py"), "--quick", "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)
+    _check_document(doc, "predict")
+    assert set(doc["details"]["runs"]) == {"sequential", "parallel"} and doc["details"]["files"] == 6
