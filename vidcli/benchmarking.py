@@ -299,6 +299,8 @@ def _load(run: runs.Run, target: Target):
     path = backend.checkpoint(run)
     if not path.is_file():
         raise VidcliError(f"{run.path}: no checkpoint ({path.name}); has it been trained?")
+    if target.kind == "run":
+        log(f"model: {path} (run {run.path})")
     return backend, backend.load(path, target.rec, len(target.classes))
 
 

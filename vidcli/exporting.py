@@ -62,6 +62,7 @@ def export(run: Run, out: Path | None = None, opset: int | None = None, checkpoi
     card = models.run_card(run)
     model = backend.load(path, rec, len(labels))
     epoch = backend.checkpoint_state(path).get("epoch")
+    log(f"model: {path} (run {run.path}" + (f", epoch {epoch})" if epoch else ")"))
     card.extra = {"run": str(run.path), "producer": f"vidcli {__version__}", **models.fingerprint(path),
                   **({"checkpoint_epoch": str(epoch)} if epoch else {})}
     clips, what = sample_clips(rec, labels, card, batch=1 if _is_stream(rec) else 2)
