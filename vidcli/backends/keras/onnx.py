@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 
@@ -31,7 +32,9 @@ def convert(fn: Callable, signature: list, opset: int, outputs: list[str]) -> by
     try:
         from keras.src.export.tf2onnx_lib import patch_tf2onnx
 
-        patch_tf2onnx()  # tf2onnx still uses NumPy 1 names; Keras ships this fix
+        with warnings.catch_warnings():  # the patch itself pokes at np.object, which NumPy 2 warns about
+            warnings.simplefilter("ignore", FutureWarning)
+            patch_tf2onnx()  # tf2onnx still uses NumPy 1 names; Keras ships this fix
     except ImportError:
         pass
     proto, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=opset)
