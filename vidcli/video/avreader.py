@@ -136,10 +136,18 @@ class AvVideo:
         self._pending: av.Packet | None = None
         self._fresh = True
 
+    def _shut(self) -> None:
+        """Close the file, the decoder's threads parked first (without the GIL): freeing a decoder whose
+        threads still work deadlocks when one of them drops a tagged frame (that needs the GIL)."""
+        stream = getattr(self, "stream", None)
+        if stream is not None:
+            stream.codec_context.flush_buffers()
+        self.container.close()
+
     def close(self) -> None:
         global _active
         if getattr(self, "container", None) is not None:
-            self.container.close()
+            self._shut()
             self.container = None
         if self.scaler is not None:
             self.scaler = None
@@ -194,7 +202,7 @@ class AvVideo:
     # -- positioning -------------------------------------------------------------------------------
 
     def _restart(self) -> int:
-        self.container.close()
+        self._shut()
         self._open()
         return 0
 
