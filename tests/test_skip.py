@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
+import threading
 from pathlib import Path
 
 import av
@@ -122,6 +123,31 @@ def test_numbers_that_do_not_hold_send_the_read_back_to_decoding_everything(vide
     np.testing.assert_array_equal(clip, np.stack(every[50:55:2]))
     assert not numbers.usable
     np.testing.assert_array_equal(decode.read_clip(path, 3, 2, SIZE, start=50), clip)
+
+
+def test_decoders_in_parallel_threads_keep_their_frames_apart(videos, tmp_path):
+    """tf.data decodes clips in parallel threads: every frame keeps the position its own packet was tagged with."""
+    paths = [shutil.copyfile(videos[name], tmp_path / f"{i}_{name}")
+             for i, name in enumerate(["h264_pyramid.mp4", "mpeg4_open.avi"] * 2)]
+    every = {path: list(decode.iter_frames(path, SIZE)) for path in paths}  # and every frame numbered
+    wrong: list = []
+
+    def work(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for _ in range(20):
+            path = paths[int(rng.integers(0, len(paths)))]
+            first = int(rng.integers(0, len(every[path]) - 9))
+            clip = decode.read_clip(path, 5, 2, SIZE, start=first)
+            if not np.array_equal(clip, np.stack(every[path][first : first + 9 : 2])):
+                wrong.append((path.name, first))
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong
+    assert all(_index(path).numbers.usable for path in paths)  # no read had to start over
 
 
 def _damaged(tmp_path: Path) -> list[Path]:

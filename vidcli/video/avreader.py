@@ -315,14 +315,14 @@ class AvVideo:
             for f in frames:
                 if index.numbers is not None and f.is_corrupt:
                     index.numbers.usable = False  # concealment may draw on pictures a skipping read leaves out
-                j = f.opaque if isinstance(f.opaque, int) else pos - 1
+                j = _position(f, pos - 1)
                 group = index.key_of(j)
                 if group < trusted or j in lead:
                     continue
                 r = made.get(group, 0)
                 if r < index.next_key(group) - group:
                     made[group] = r + 1
-                    if index.numbers is not None and isinstance(f.opaque, int):
+                    if index.numbers is not None and j == _position(f, -1):
                         index.numbers.learn(j, group + r)
                     yield group + r, f
 
@@ -334,7 +334,7 @@ class AvVideo:
                 break
             if not pkt.size:
                 continue
-            pkt.opaque = pos
+            pkt.opaque = (pos,)
             pos += 1
             yield from numbered(_decode(cc, pkt))
         yield from numbered(_decode(cc, None))
@@ -364,7 +364,7 @@ class AvVideo:
                 if pkt is not None:
                     if not pkt.size:
                         continue
-                    pkt.opaque = pos
+                    pkt.opaque = (pos,)
                     n = number[pos]
                     keep = n in want if n >= 0 else not aside(pos)
                     cc.skip_frame = "DEFAULT" if keep else "NONREF"
@@ -372,7 +372,7 @@ class AvVideo:
                 for f in _decode(cc, pkt):
                     if f.is_corrupt:
                         raise _Unsure
-                    j = f.opaque if isinstance(f.opaque, int) else -1
+                    j = _position(f, -1)
                     if j >= 0 and aside(j):
                         continue
                     n = number[j] if j >= 0 else -1
@@ -426,6 +426,13 @@ class AvVideo:
         if gen is not None:
             gen.close()
         return got, False
+
+
+def _position(frame: av.VideoFrame, unknown: int) -> int:
+    """The decode position a frame's packet was tagged with. A tag is a fresh tuple, not the int: PyAV files
+    tags under id(), which small ints share, so another decoder's dropping the same number lost the tag."""
+    tag = frame.opaque
+    return tag[0] if isinstance(tag, tuple) else unknown
 
 
 def _next(packets: Iterator[av.Packet]) -> av.Packet | None:
