@@ -9,10 +9,13 @@ and the pipelines take turns epoch by epoch, so load on the shared machine hits 
 
 On the real clips (the test videos, plus, without --quick, copies re-encoded as H.264 with B-frames,
 MPEG-4 part 2 with open GOPs, MS-MPEG-4 v3 and a UCF101-sized MPEG-4) it also measures:
-  - our pipeline with the OpenCV decoder (`VIDCLI_DECODER=opencv`: the decoder before PyAV);
+  - our pipeline with the OpenCV decoder (`VIDCLI_DECODER=opencv`: the decoder before PyAV), and decoding
+    every picture (`VIDCLI_DECODE_SKIP=0`: as before skipping, and as a first epoch, when no read has
+    numbered a file's frames yet);
   - the decoded-frame cache (`data.cache`): the first epoch into an empty cache, then warm epochs;
   - CPU ms per clip against the decode limit: seeking to the key frame and decoding up to the last
-    frame a clip needs, nothing converted (one decoder thread on both sides);
+    frame a clip needs, nothing converted (one decoder thread on both sides); ours with skipping once a
+    forward pass has numbered the frames (as after the first epochs), and ours decoding every picture;
   - without --quick, epochs of the r2plus1d_ucf101 recipe's model (10x224x224, batch 8) on these clips,
     before (OpenCV) / after (PyAV) / warm cache, and the same steps on in-memory clips (the model alone);
   - the pixel difference of the resize rule (FFmpeg's area scaler) from the OpenCV rule it replaces.
@@ -132,37 +135,66 @@ def _summary(name: str, runs: list[tuple]) -> dict:
 
 
 def measure_all(pipelines: dict, repeat: int) -> dict:
-    """Each pipeline warmed up once, then `repeat` epochs each, taking turns."""
+    """Each pipeline warmed up once, then `repeat` epochs each, taking turns; with each pipeline's PyAV
+    reads per timed epoch, skipping / decoding everything."""
     for make in pipelines.values():
         _warmup(make)
     runs: dict[str, list] = {name: [] for name in pipelines}
-    for _ in range(repeat):
-        for name, make in pipelines.items():
-            runs[name].append(_epoch(make))
-    return {name: _summary(name, r) for name, r in runs.items()}
+    reads_of: dict[str, list] = {name: [] for name in pipelines}
+    with counting_reads() as reads:
+        for _ in range(repeat):
+            for name, make in pipelines.items():
+                before = dict(reads)
+                runs[name].append(_epoch(make))
+                reads_of[name].append([reads[k] - before[k] for k in ("skipping", "everything")])
+    return {name: {**_summary(name, r), "pyav_reads_skipping_everything": reads_of[name]} for name, r in runs.items()}
 
 
 @contextlib.contextmanager
-def decoder(name: str):
-    before = os.environ.get("VIDCLI_DECODER")
-    os.environ["VIDCLI_DECODER"] = name
+def setting(var: str, value: str):
+    before = os.environ.get(var)
+    os.environ[var] = value
     try:
         yield
     finally:
         if before is None:
-            os.environ.pop("VIDCLI_DECODER", None)
+            os.environ.pop(var, None)
         else:
-            os.environ["VIDCLI_DECODER"] = before
+            os.environ[var] = before
 
 
-def _with_decoder(name: str, make):
-    """A pipeline whose clips are decoded by `name` (tf.data calls back into Python while it iterates)."""
+def decoder(name: str):
+    return setting("VIDCLI_DECODER", name)
+
+
+def _with_setting(var: str, value: str, make):
+    """A pipeline read with `var`=`value` (tf.data calls back into Python while it iterates)."""
 
     def epoch():
-        with decoder(name):
+        with setting(var, value):
             yield from make()
 
     return epoch
+
+
+@contextlib.contextmanager
+def counting_reads():
+    """Counts of PyAV reads that skipped pictures and that decoded everything (a failed skipping read
+    counts in both)."""
+    from vidcli.video.avreader import AvVideo
+
+    reads = {"skipping": 0, "everything": 0}
+    real = AvVideo._read
+
+    def counted(video, want, fit, sparse):
+        reads["skipping" if sparse else "everything"] += 1
+        return real(video, want, fit, sparse)
+
+    AvVideo._read = counted
+    try:
+        yield reads
+    finally:
+        AvVideo._read = real
 
 
 def compare(label: str, root: Path, frames: int, frame_step: int, size: tuple[int, int], batch: int,
@@ -190,7 +222,8 @@ def compare(label: str, root: Path, frames: int, frame_step: int, size: tuple[in
         "tutorial": lambda: baseline_dataset(root / "train", frames, size, frame_step, batch),
     }
     if opencv:
-        pipelines["ours_train_opencv"] = _with_decoder("opencv", ours_train)
+        pipelines["ours_train_opencv"] = _with_setting("VIDCLI_DECODER", "opencv", ours_train)
+        pipelines["ours_train_noskip"] = _with_setting("VIDCLI_DECODE_SKIP", "0", ours_train)
     out = {"clips": len(src), "frames": frames, "frame_step": frame_step, "size": list(size), "batch": batch,
            **measure_all(pipelines, repeat)}
     tutorial = out["tutorial"]["clips_per_s"]
@@ -199,6 +232,7 @@ def compare(label: str, root: Path, frames: int, frame_step: int, size: tuple[in
     out["ratio_train_1worker"] = out["ours_train_1worker"]["clips_per_s"] / tutorial
     if opencv:
         out["ratio_train_opencv"] = out["ours_train_opencv"]["clips_per_s"] / tutorial
+        out["ratio_train_noskip"] = out["ours_train_noskip"]["clips_per_s"] / tutorial
     out["workers"] = parallelism(0)
     out["load_errors"] = len(errors)
     return out
@@ -249,8 +283,9 @@ def _limit_clip(path: Path, first: int, last: int) -> None:
 
 
 def decode_limit(videos: list[Path], clips: int, frames: int, frame_step: int, size: tuple[int, int]) -> dict:
-    """CPU ms per random training clip (one decoder thread): the decode limit, ours (PyAV), ours with
-    OpenCV, and the tutorial's reader; each clip's four readings are taken back to back."""
+    """CPU ms per random training clip (one decoder thread): the decode limit, ours (PyAV, skipping the
+    pictures no kept frame needs once a forward pass has numbered the frames), ours decoding every picture,
+    ours with OpenCV, and the tutorial's reader; each clip's readings are taken back to back."""
     from vidcli.video.avreader import AvVideo
     from vidcli.video.decode import check_file, choose_starts, clip_span, read_clip
 
@@ -262,8 +297,10 @@ def decode_limit(videos: list[Path], clips: int, frames: int, frame_step: int, s
             p, st = check_file(path)
             with AvVideo(p, st) as video:
                 count = video.index.count
+                for _ in video.frames(0):  # numbers every frame, as the first epochs' reads do
+                    pass
             read_clip(path, frames, frame_step, size)  # the index is remembered: as from the second epoch on
-            cost = {"limit": [], "ours": [], "opencv": [], "tutorial": []}
+            cost = {"limit": [], "ours": [], "ours_noskip": [], "opencv": [], "tutorial": []}
             for seed in range(clips):
                 first = choose_starts(count, span, 1, "random", np.random.default_rng(seed))[0]
                 last = min(first + span - 1, count - 1)
@@ -271,12 +308,15 @@ def decode_limit(videos: list[Path], clips: int, frames: int, frame_step: int, s
                     "limit": lambda v=path, f=first, la=last: _limit_clip(v, f, la),
                     "ours": lambda v=path, s=seed: read_clip(v, frames, frame_step, size, start="random",
                                                              rng=np.random.default_rng(s)),
+                    "ours_noskip": lambda v=path, s=seed: read_clip(v, frames, frame_step, size, start="random",
+                                                                    rng=np.random.default_rng(s)),
                     "opencv": lambda v=path, s=seed: read_clip(v, frames, frame_step, size, start="random",
                                                                rng=np.random.default_rng(s)),
                     "tutorial": lambda v=path: tutorial_frames(v, frames, size, frame_step),
                 }
                 for name, fn in steps.items():
-                    with decoder("opencv" if name == "opencv" else "pyav"):
+                    with decoder("opencv" if name == "opencv" else "pyav"), \
+                            setting("VIDCLI_DECODE_SKIP", "0" if name == "ours_noskip" else "1"):
                         c0 = time.process_time()
                         fn()
                         cost[name].append(1000 * (time.process_time() - c0))
@@ -285,12 +325,14 @@ def decode_limit(videos: list[Path], clips: int, frames: int, frame_step: int, s
             row["frames"] = count
             rows[path.name] = row
             common.log(f"  {path.name}: CPU ms/clip limit {row['limit']:.1f}, ours {row['ours']:.1f} "
-                       f"({row['ours_over_limit']:.2f}x), opencv {row['opencv']:.1f}, tutorial {row['tutorial']:.1f}")
+                       f"({row['ours_over_limit']:.2f}x; {row['ours_noskip']:.1f} decoding every picture), "
+                       f"opencv {row['opencv']:.1f}, tutorial {row['tutorial']:.1f}")
     finally:
         os.environ.pop("VIDCLI_DECODE_THREADS", None)
-    total = {name: sum(r[name] for r in rows.values()) for name in ("limit", "ours", "opencv", "tutorial")}
+    total = {name: sum(r[name] for r in rows.values()) for name in cost}
     return {"clips_per_video": clips, "videos": rows, "total_ms": total,
-            "ours_over_limit": total["ours"] / total["limit"], "opencv_over_limit": total["opencv"] / total["limit"]}
+            "ours_over_limit": total["ours"] / total["limit"], "opencv_over_limit": total["opencv"] / total["limit"],
+            "ours_noskip_over_limit": total["ours_noskip"] / total["limit"]}
 
 
 # -- the resize rule: FFmpeg's area scaler from the decoder's YUV vs OpenCV's INTER_AREA on full-size RGB --------
@@ -349,8 +391,8 @@ def recipe_epochs(root: Path, cache_dir: Path, repeat: int) -> dict:
         cached.load(i, training=True, seed=0)  # fill the cache: these epochs are warm
     backend.setup(rec.train)
     shape = (rec.data.frames, *rec.data.size, 3)
-    model = backend.build(rec, len(src.classes), shape)
-    backend._compile(model, rec.train)
+    model = backend.KerasBackend().build(rec, len(src.classes), shape)
+    backend.compile_model(model, rec.train)
     bs = rec.train.batch_size
     steps = -(-len(src) // bs)
     rng = np.random.default_rng(0)
@@ -453,6 +495,8 @@ def main() -> None:
             metrics.append(common.metric("real: ours CPU per clip / decode limit", d["ours_over_limit"], "x",
                                          f"<= {TARGET_LIMIT:g}x", d["ours_over_limit"] <= TARGET_LIMIT,
                                          "key-frame seek + decode of the needed frames; all videos together"))
+            metrics.append(common.metric("real: ours decoding every picture, CPU per clip / decode limit",
+                                         d["ours_noskip_over_limit"], "x", note="VIDCLI_DECODE_SKIP=0"))
             metrics.append(common.metric("real: OpenCV decoder CPU per clip / decode limit", d["opencv_over_limit"],
                                          "x", note="before: the OpenCV reader"))
         if "resize" in parts:
@@ -491,6 +535,10 @@ def _pipeline_metrics(details: dict) -> list[dict]:
                       / d["ours_train"]["cpu_ms_per_clip"], "x", note="CPU of the whole process, per clip"),
         common.metric("real: ours train with the OpenCV decoder / tutorial", d["ratio_train_opencv"], "x",
                       note="before: decoded by OpenCV"),
+        common.metric("real: ours train decoding every picture / tutorial", d["ratio_train_noskip"], "x",
+                      note="VIDCLI_DECODE_SKIP=0: before skipping, and a first epoch"),
+        common.metric("real: tutorial CPU per clip / ours decoding every picture", d["tutorial"]["cpu_ms_per_clip"]
+                      / d["ours_train_noskip"]["cpu_ms_per_clip"], "x", note="CPU of the whole process, per clip"),
         common.metric("real: frame cache, first epoch / tutorial", c["ratio_cache_cold"], "x",
                       note=f"{c['clips']} clips; empty cache: every video decoded whole and stored"),
         common.metric("real: frame cache, warm / tutorial", c["ratio_cache_warm"], "x", f">= {TARGET_CACHE:g}x",
