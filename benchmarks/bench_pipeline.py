@@ -9,15 +9,21 @@ and the pipelines take turns epoch by epoch, so load on the shared machine hits 
 
 On the real clips (the test videos, plus, without --quick, copies re-encoded as H.264 with B-frames,
 MPEG-4 part 2 with open GOPs, MS-MPEG-4 v3 and a UCF101-sized MPEG-4) it also measures:
-  - our pipeline with the OpenCV decoder (`VIDCLI_DECODER=opencv`: the decoder before PyAV);
+  - our pipeline with the OpenCV decoder (`VIDCLI_DECODER=opencv`: the decoder before PyAV), and decoding
+    every picture (`VIDCLI_DECODE_SKIP=0`: as before skipping, and as a first epoch, when no read has
+    numbered a file's frames yet);
   - the decoded-frame cache (`data.cache`): the first epoch into an empty cache, then warm epochs;
   - CPU ms per clip against the decode limit: seeking to the key frame and decoding up to the last
-    frame a clip needs, nothing converted (one decoder thread on both sides);
+    frame a clip needs, nothing converted (one decoder thread on both sides); ours with skipping once a
+    forward pass has numbered the frames (as after the first epochs), and ours decoding every picture;
   - without --quick, epochs of the r2plus1d_ucf101 recipe's model (10x224x224, batch 8) on these clips,
     before (OpenCV) / after (PyAV) / warm cache, and the same steps on in-memory clips (the model alone);
   - the pixel difference of the resize rule (FFmpeg's area scaler) from the OpenCV rule it replaces.
 
-    python benchmarks/bench_pipeline.py [--quick] [--out FILE] [--parts pipeline,decode,resize,epoch]
+    python benchmarks/bench_pipeline.py [--quick] [--out FILE] [--parts pipeline,decode,resize,epoch] [--numbered]
+
+--numbered numbers every frame of every clip first (one forward pass per file, as the first epochs' reads
+do), so the pipelines skip from their first epoch on: the steady state of a long training run.
 """
 
 from __future__ import annotations
@@ -132,37 +138,66 @@ def _summary(name: str, runs: list[tuple]) -> dict:
 
 
 def measure_all(pipelines: dict, repeat: int) -> dict:
-    """Each pipeline warmed up once, then `repeat` epochs each, taking turns."""
+    """Each pipeline warmed up once, then `repeat` epochs each, taking turns; with each pipeline's PyAV
+    reads per timed epoch, skipping / decoding everything."""
     for make in pipelines.values():
         _warmup(make)
     runs: dict[str, list] = {name: [] for name in pipelines}
-    for _ in range(repeat):
-        for name, make in pipelines.items():
-            runs[name].append(_epoch(make))
-    return {name: _summary(name, r) for name, r in runs.items()}
+    reads_of: dict[str, list] = {name: [] for name in pipelines}
+    with counting_reads() as reads:
+        for _ in range(repeat):
+            for name, make in pipelines.items():
+                before = dict(reads)
+                runs[name].append(_epoch(make))
+                reads_of[name].append([reads[k] - before[k] for k in ("skipping", "everything")])
+    return {name: {**_summary(name, r), "pyav_reads_skipping_everything": reads_of[name]} for name, r in runs.items()}
 
 
 @contextlib.contextmanager
-def decoder(name: str):
-    before = os.environ.get("VIDCLI_DECODER")
-    os.environ["VIDCLI_DECODER"] = name
+def setting(var: str, value: str):
+    before = os.environ.get(var)
+    os.environ[var] = value
     try:
         yield
     finally:
         if before is None:
-            os.environ.pop("VIDCLI_DECODER", None)
+            os.environ.pop(var, None)
         else:
-            os.environ["VIDCLI_DECODER"] = before
+            os.environ[var] = before
 
 
-def _with_decoder(name: str, make):
-    """A pipeline whose clips are decoded by `name` (tf.data calls back into Python while it iterates)."""
+def decoder(name: str):
+    return setting("VIDCLI_DECODER", name)
+
+
+def _with_setting(var: str, value: str, make):
+    """A pipeline read with `var`=`value` (tf.data calls back into Python while it iterates)."""
 
     def epoch():
-        with decoder(name):
+        with setting(var, value):
             yield from make()
 
     return epoch
+
+
+@contextlib.contextmanager
+def counting_reads():
+    """Counts of PyAV reads that skipped pictures and that decoded everything (a failed skipping read
+    counts in both)."""
+    from vidcli.video.avreader import AvVideo
+
+    reads = {"skipping": 0, "everything": 0}
+    real = AvVideo._read
+
+    def counted(video, want, fit, sparse):
+        reads["skipping" if sparse else "everything"] += 1
+        return real(video, want, fit, sparse)
+
+    AvVideo._read = counted
+    try:
+        yield reads
+    finally:
+        AvVideo._read = real
 
 
 def compare(label: str, root: Path, frames: int, frame_step: int, size: tuple[int, int], batch: int,
@@ -190,7 +225,8 @@ def compare(label: str, root: Path, frames: int, frame_step: int, size: tuple[in
         "tutorial": lambda: baseline_dataset(root / "train", frames, size, frame_step, batch),
     }
     if opencv:
-        pipelines["ours_train_opencv"] = _with_decoder("opencv", ours_train)
+        pipelines["ours_train_opencv"] = _with_setting("VIDCLI_DECODER", "opencv", ours_train)
+        pipelines["ours_train_noskip"] = _with_setting("VIDCLI_DECODE_SKIP", "0", ours_train)
     out = {"clips": len(src), "frames": frames, "frame_step": frame_step, "size": list(size), "batch": batch,
            **measure_all(pipelines, repeat)}
     tutorial = out["tutorial"]["clips_per_s"]
@@ -199,6 +235,7 @@ def compare(label: str, root: Path, frames: int, frame_step: int, size: tuple[in
     out["ratio_train_1worker"] = out["ours_train_1worker"]["clips_per_s"] / tutorial
     if opencv:
         out["ratio_train_opencv"] = out["ours_train_opencv"]["clips_per_s"] / tutorial
+        out["ratio_train_noskip"] = out["ours_train_noskip"]["clips_per_s"] / tutorial
     out["workers"] = parallelism(0)
     out["load_errors"] = len(errors)
     return out
@@ -249,8 +286,9 @@ def _limit_clip(path: Path, first: int, last: int) -> None:
 
 
 def decode_limit(videos: list[Path], clips: int, frames: int, frame_step: int, size: tuple[int, int]) -> dict:
-    """CPU ms per random training clip (one decoder thread): the decode limit, ours (PyAV), ours with
-    OpenCV, and the tutorial's reader; each clip's four readings are taken back to back."""
+    """CPU ms per random training clip (one decoder thread): the decode limit, ours (PyAV, skipping the
+    pictures no kept frame needs once a forward pass has numbered the frames), ours decoding every picture,
+    ours with OpenCV, and the tutorial's reader; each clip's readings are taken back to back."""
     from vidcli.video.avreader import AvVideo
     from vidcli.video.decode import check_file, choose_starts, clip_span, read_clip
 
@@ -262,8 +300,10 @@ def decode_limit(videos: list[Path], clips: int, frames: int, frame_step: int, s
             p, st = check_file(path)
             with AvVideo(p, st) as video:
                 count = video.index.count
+                for _ in video.frames(0):  # numbers every frame, as the first epochs' reads do
+                    pass
             read_clip(path, frames, frame_step, size)  # the index is remembered: as from the second epoch on
-            cost = {"limit": [], "ours": [], "opencv": [], "tutorial": []}
+            cost = {"limit": [], "ours": [], "ours_noskip": [], "opencv": [], "tutorial": []}
             for seed in range(clips):
                 first = choose_starts(count, span, 1, "random", np.random.default_rng(seed))[0]
                 last = min(first + span - 1, count - 1)
@@ -271,12 +311,15 @@ def decode_limit(videos: list[Path], clips: int, frames: int, frame_step: int, s
                     "limit": lambda v=path, f=first, la=last: _limit_clip(v, f, la),
                     "ours": lambda v=path, s=seed: read_clip(v, frames, frame_step, size, start="random",
                                                              rng=np.random.default_rng(s)),
+                    "ours_noskip": lambda v=path, s=seed: read_clip(v, frames, frame_step, size, start="random",
+                                                                    rng=np.random.default_rng(s)),
                     "opencv": lambda v=path, s=seed: read_clip(v, frames, frame_step, size, start="random",
                                                                rng=np.random.default_rng(s)),
                     "tutorial": lambda v=path: tutorial_frames(v, frames, size, frame_step),
                 }
                 for name, fn in steps.items():
-                    with decoder("opencv" if name == "opencv" else "pyav"):
+                    with decoder("opencv" if name == "opencv" else "pyav"), \
+                            setting("VIDCLI_DECODE_SKIP", "0" if name == "ours_noskip" else "1"):
                         c0 = time.process_time()
                         fn()
                         cost[name].append(1000 * (time.process_time() - c0))
@@ -285,12 +328,14 @@ def decode_limit(videos: list[Path], clips: int, frames: int, frame_step: int, s
             row["frames"] = count
             rows[path.name] = row
             common.log(f"  {path.name}: CPU ms/clip limit {row['limit']:.1f}, ours {row['ours']:.1f} "
-                       f"({row['ours_over_limit']:.2f}x), opencv {row['opencv']:.1f}, tutorial {row['tutorial']:.1f}")
+                       f"({row['ours_over_limit']:.2f}x; {row['ours_noskip']:.1f} decoding every picture), "
+                       f"opencv {row['opencv']:.1f}, tutorial {row['tutorial']:.1f}")
     finally:
         os.environ.pop("VIDCLI_DECODE_THREADS", None)
-    total = {name: sum(r[name] for r in rows.values()) for name in ("limit", "ours", "opencv", "tutorial")}
+    total = {name: sum(r[name] for r in rows.values()) for name in cost}
     return {"clips_per_video": clips, "videos": rows, "total_ms": total,
-            "ours_over_limit": total["ours"] / total["limit"], "opencv_over_limit": total["opencv"] / total["limit"]}
+            "ours_over_limit": total["ours"] / total["limit"], "opencv_over_limit": total["opencv"] / total["limit"],
+            "ours_noskip_over_limit": total["ours_noskip"] / total["limit"]}
 
 
 # -- the resize rule: FFmpeg's area scaler from the decoder's YUV vs OpenCV's INTER_AREA on full-size RGB --------
@@ -349,8 +394,8 @@ def recipe_epochs(root: Path, cache_dir: Path, repeat: int) -> dict:
         cached.load(i, training=True, seed=0)  # fill the cache: these epochs are warm
     backend.setup(rec.train)
     shape = (rec.data.frames, *rec.data.size, 3)
-    model = backend.build(rec, len(src.classes), shape)
-    backend._compile(model, rec.train)
+    model = backend.KerasBackend().build(rec, len(src.classes), shape)
+    backend.compile_model(model, rec.train)
     bs = rec.train.batch_size
     steps = -(-len(src) // bs)
     rng = np.random.default_rng(0)
@@ -392,6 +437,17 @@ def recipe_epochs(root: Path, cache_dir: Path, repeat: int) -> dict:
     return out
 
 
+def number_frames(root: Path) -> None:
+    """One forward pass per file: every frame's packet is known from then on, so reads may skip pictures."""
+    from vidcli.video.avreader import AvVideo
+    from vidcli.video.decode import check_file
+
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        with AvVideo(*check_file(path)) as video:
+            for _ in video.frames(0):
+                pass
+
+
 def real_videos(dest: Path, copies: int, paths: list[Path]) -> Path:
     """ROOT/train/<video stem>/<copy>.<ext>: each video is one class."""
     for src in paths:
@@ -413,6 +469,7 @@ def main() -> None:
     p.add_argument("--cache-copies", type=int, default=None, help="Copies of each video for the frame cache "
                    "(default 4x --copies, quick 1).")
     p.add_argument("--epoch-repeat", type=int, default=3, help="Epochs per setting of the recipe's model.")
+    p.add_argument("--numbered", action="store_true", help="Number every frame first (see above).")
     args = p.parse_args()
     started, load_before = time.time(), common.loadavg()
     repeat = args.repeat or (1 if args.quick else 3)
@@ -436,6 +493,8 @@ def main() -> None:
             made = clips.make(common.VIDEOS, Path(args.variants) if args.variants else tmp / "variants")
             videos += list(made.values())
         real = real_videos(tmp / "real", copies, videos)
+        if args.numbered:
+            number_frames(real)
         if "pipeline" in parts:
             per_class = 2 if args.quick else 24
             synth = write_synth_videos(tmp / "synth", classes=2 if args.quick else 8,
@@ -444,6 +503,7 @@ def main() -> None:
             details["real"] = compare("real", real, 10, 2, (224, 224), args.batch, repeat, opencv=True)
             details["real"]["videos"] = [v.name for v in videos]
             details["real"]["copies"] = copies
+            details["real"]["numbered_first"] = args.numbered
             many = real_videos(tmp / "real-cache", args.cache_copies or (1 if args.quick else 4 * copies), videos)
             details["cache"] = compare_cache(many, 10, 2, (224, 224), args.batch, repeat, tmp / "cache")
             metrics += _pipeline_metrics(details)
@@ -453,6 +513,8 @@ def main() -> None:
             metrics.append(common.metric("real: ours CPU per clip / decode limit", d["ours_over_limit"], "x",
                                          f"<= {TARGET_LIMIT:g}x", d["ours_over_limit"] <= TARGET_LIMIT,
                                          "key-frame seek + decode of the needed frames; all videos together"))
+            metrics.append(common.metric("real: ours decoding every picture, CPU per clip / decode limit",
+                                         d["ours_noskip_over_limit"], "x", note="VIDCLI_DECODE_SKIP=0"))
             metrics.append(common.metric("real: OpenCV decoder CPU per clip / decode limit", d["opencv_over_limit"],
                                          "x", note="before: the OpenCV reader"))
         if "resize" in parts:
@@ -491,6 +553,10 @@ def _pipeline_metrics(details: dict) -> list[dict]:
                       / d["ours_train"]["cpu_ms_per_clip"], "x", note="CPU of the whole process, per clip"),
         common.metric("real: ours train with the OpenCV decoder / tutorial", d["ratio_train_opencv"], "x",
                       note="before: decoded by OpenCV"),
+        common.metric("real: ours train decoding every picture / tutorial", d["ratio_train_noskip"], "x",
+                      note="VIDCLI_DECODE_SKIP=0: before skipping, and a first epoch"),
+        common.metric("real: tutorial CPU per clip / ours decoding every picture", d["tutorial"]["cpu_ms_per_clip"]
+                      / d["ours_train_noskip"]["cpu_ms_per_clip"], "x", note="CPU of the whole process, per clip"),
         common.metric("real: frame cache, first epoch / tutorial", c["ratio_cache_cold"], "x",
                       note=f"{c['clips']} clips; empty cache: every video decoded whole and stored"),
         common.metric("real: frame cache, warm / tutorial", c["ratio_cache_warm"], "x", f">= {TARGET_CACHE:g}x",

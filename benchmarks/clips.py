@@ -1,6 +1,7 @@
 """More real test clips: the repository's videos re-encoded with PyAV into other codecs, containers, key-frame
-intervals and lengths (H.264 with B-frames in MP4, MPEG-4 part 2 and MS-MPEG-4 v3 "MP43" in AVI, VP9 in
-WebM, H.264 in Matroska). The pictures stay real camera footage; only the coding changes.
+intervals and lengths (H.264 with a B-pyramid in MP4, MPEG-4 part 2 with B-frames and open GOPs and
+MS-MPEG-4 v3 "MP43" in AVI; `encode` also writes VP9). The pictures stay real camera footage; only the
+coding changes.
 """
 
 from __future__ import annotations

@@ -347,7 +347,7 @@ def test_a_clip_opens_its_file_once_and_decodes_from_the_nearest_key_frame(varia
     monkeypatch.setattr(avreader, "_decode", lambda cc, pkt: packets.append(pkt) or real_decode(cc, pkt))
     decode.read_clip(path, 3, 2, SIZE, start=45)  # key frames every 20: frames 40..49 decode, 45..49 are kept
     assert len(opens) == 1
-    sent = [p.opaque for p in packets if p is not None]
+    sent = [p.opaque[0] for p in packets if p is not None]
     assert sent[0] == 40 and sent == list(range(40, 40 + len(sent)))
     assert len(sent) <= 10 + 6  # and a few more while B-frames and decoder threads hold pictures back
 

@@ -11,14 +11,26 @@ previous frame, as they fill a clip that runs past the end.
 
 The frame count comes from the packets (one demuxing pass per file, no decoding, remembered per process),
 never from a header's claim.
+
+A clip needs few of the pictures it decodes. For H.264 and MPEG-4 part 2 the decoder is told, packet by
+packet, to drop the pictures no other picture refers to (FFmpeg's skip_frame NONREF: H.264's nal_ref_idc 0,
+MPEG-4's B-frames) unless the clip wants them; reference pictures decode as always, so a kept frame has the
+same pixels. A dropped picture never comes out to be counted, so these reads take their frame numbers from
+the reads that decoded everything: each reading that decodes every picture notes the number it gave each
+packet (all readings give the same, whichever key frame they start at), and a clip whose frames all have a
+known packet skips. A wanted frame missing, frames out of order, a picture nobody numbered or a damaged one
+(concealment may draw on any picture) send the read back to decoding everything, and skipping stays off
+for that file. VIDCLI_DECODE_SKIP=0 turns it off.
 """
 
 from __future__ import annotations
 
 import bisect
 import os
+import re
 import sys
 import threading
+from array import array
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -59,6 +71,41 @@ class CannotOpen(Exception):
     """PyAV cannot read this file; the caller falls back to OpenCV."""
 
 
+class _Unsure(Exception):
+    """A read that skipped pictures cannot vouch for a frame number: read again, decoding everything."""
+
+
+SKIPPABLE = frozenset({"h264", "mpeg4"})  # decoders whose NONREF discard drops only pictures nothing refers to
+# DivX/Xvid "packed" B-frames (FFmpeg's own test): a B-frame rides in the packet before the one it comes out
+# of, so skipping one packet changes what another gives; such files decode everything.
+PACKED = re.compile(rb"DivX\d+(?:Build|b)\d+p")
+
+
+def skipping() -> bool:
+    return os.environ.get("VIDCLI_DECODE_SKIP", "1").strip() != "0"
+
+
+class Numbers:
+    """Frame number <-> packet as the readings that decode every picture found them; -1 where none has
+    been yet. Readings that disagree (a decoder whose output depends on where it started) turn skipping off."""
+
+    def __init__(self, count: int):
+        self.of_packet = array("i", [-1]) * count
+        self.packet_of = array("i", [-1]) * count
+        self.usable = True
+        self._lock = threading.Lock()
+
+    def learn(self, packet: int, n: int) -> None:
+        with self._lock:
+            if self.of_packet[packet] == -1 and self.packet_of[n] == -1:
+                self.of_packet[packet], self.packet_of[n] = n, packet
+            elif self.of_packet[packet] != n or self.packet_of[n] != packet:
+                self.usable = False
+
+    def known(self, frames: Iterable[int]) -> bool:
+        return self.usable and all(0 <= t < len(self.packet_of) and self.packet_of[t] >= 0 for t in frames)
+
+
 @dataclass(frozen=True)
 class Index:
     count: int  # video packets: the length frames are picked from
@@ -70,6 +117,7 @@ class Index:
     height: int
     fps: float
     reported: int  # what the header claims
+    numbers: Numbers | None = None  # where skipping pictures is possible
 
     def key_of(self, i: int) -> int:
         return self.keys[max(0, bisect.bisect_right(self.keys, i) - 1)]
@@ -136,10 +184,18 @@ class AvVideo:
         self._pending: av.Packet | None = None
         self._fresh = True
 
+    def _shut(self) -> None:
+        """Close the file, the decoder's threads parked first (without the GIL): freeing a decoder whose
+        threads still work deadlocks when one of them drops a tagged frame (that needs the GIL)."""
+        stream = getattr(self, "stream", None)
+        if stream is not None:
+            stream.codec_context.flush_buffers()
+        self.container.close()
+
     def close(self) -> None:
         global _active
         if getattr(self, "container", None) is not None:
-            self.container.close()
+            self._shut()
             self.container = None
         if self.scaler is not None:
             self.scaler = None
@@ -167,9 +223,12 @@ class AvVideo:
 
     def _build_index(self) -> Index:
         rows: list[tuple[int | None, int | None, bool]] = []
+        head = bytes(self.stream.codec_context.extradata or b"")
         try:
             for pkt in self.container.demux(self.stream):
                 if pkt.size:
+                    if not rows:
+                        head += bytes(pkt)
                     rows.append((pkt.dts, pkt.pts, pkt.is_keyframe))
         except av.FFmpegError:
             pass
@@ -186,15 +245,16 @@ class AvVideo:
         cc = self.stream.codec_context
         rate = self.stream.average_rate or self.stream.guessed_rate
         stamps = [rows[k] if k < len(rows) else (None, None, True) for k in keys]
+        numbers = Numbers(len(rows)) if cc.name in SKIPPABLE and not PACKED.search(head) else None
         index = Index(len(rows), tuple(keys), tuple(r[0] for r in stamps), tuple(r[1] for r in stamps),
-                      leading, cc.width, cc.height, float(rate or 0.0), int(self.stream.frames or 0))
+                      leading, cc.width, cc.height, float(rate or 0.0), int(self.stream.frames or 0), numbers)
         self._restart()
         return index
 
     # -- positioning -------------------------------------------------------------------------------
 
     def _restart(self) -> int:
-        self.container.close()
+        self._shut()
         self._open()
         return 0
 
@@ -247,18 +307,23 @@ class AvVideo:
         pos = self._seek(start)
         self._fresh = False
         cc = self.stream.codec_context
+        cc.skip_frame = "DEFAULT"
         lead = index.leading.get(pos, frozenset()) if pos > 0 else frozenset()
         made: dict[int, int] = {pos: len(lead)}
 
         def numbered(frames: list) -> Iterator[tuple[int, av.VideoFrame]]:
             for f in frames:
-                j = f.opaque if isinstance(f.opaque, int) else pos - 1
+                if index.numbers is not None and f.is_corrupt:
+                    index.numbers.usable = False  # concealment may draw on pictures a skipping read leaves out
+                j = _position(f, pos - 1)
                 group = index.key_of(j)
                 if group < trusted or j in lead:
                     continue
                 r = made.get(group, 0)
                 if r < index.next_key(group) - group:
                     made[group] = r + 1
+                    if index.numbers is not None and j == _position(f, -1):
+                        index.numbers.learn(j, group + r)
                     yield group + r, f
 
         packets = self._packets()
@@ -269,17 +334,75 @@ class AvVideo:
                 break
             if not pkt.size:
                 continue
-            pkt.opaque = pos
+            pkt.opaque = (pos,)
             pos += 1
             yield from numbered(_decode(cc, pkt))
         yield from numbered(_decode(cc, None))
         last = index.key_of(max(pos - 1, 0))
         self.end = last + made.get(last, 0)
 
+    def _sparse(self, start: int, want: set[int], first: int) -> Iterator[tuple[int, av.VideoFrame]]:
+        """The wanted frames from `first` on, decoding from the key frame `start` as `frames` does, but with
+        the pictures no wanted frame is (all references decode) skipped, and numbered from `Numbers`."""
+        index = self.index
+        number = index.numbers.of_packet
+        pos = self._seek(start)
+        self._fresh = False
+        cc = self.stream.codec_context
+        lead = index.leading.get(pos, frozenset()) if pos > 0 else frozenset()
+        trusted = index.key_of(first)
+
+        def aside(j: int) -> bool:  # decoded only as a reference, as in `frames`
+            return index.key_of(j) < trusted or j in lead
+
+        targets = iter(sorted(t for t in want if t >= first))
+        t, last = next(targets), -1
+        packets = self._packets()
+        try:
+            while True:
+                pkt = _next(packets) if pos < index.count else None
+                if pkt is not None:
+                    if not pkt.size:
+                        continue
+                    pkt.opaque = (pos,)
+                    n = number[pos]
+                    keep = n in want if n >= 0 else not aside(pos)
+                    cc.skip_frame = "DEFAULT" if keep else "NONREF"
+                    pos += 1
+                for f in _decode(cc, pkt):
+                    if f.is_corrupt:
+                        raise _Unsure
+                    j = _position(f, -1)
+                    if j >= 0 and aside(j):
+                        continue
+                    n = number[j] if j >= 0 else -1
+                    if n <= last or n > t:
+                        raise _Unsure  # not numbered, out of order, or a wanted frame never came
+                    last = n
+                    if n == t:
+                        yield n, f
+                        t = next(targets, None)
+                        if t is None:
+                            return
+                if pkt is None:
+                    raise _Unsure  # the stream ended first
+        finally:
+            cc.skip_frame = "DEFAULT"
+
     def read(self, wanted: Iterable[int], fit: Fit) -> tuple[dict[int, np.ndarray], bool]:
         """The frames at `wanted` positions (those that decode), and whether the stream ran out looking
-        for one. Groups between wanted frames are skipped by seeking; skipped frames are never converted."""
+        for one. Groups between wanted frames are skipped by seeking; skipped frames are never converted,
+        and where `Numbers` allows, pictures no wanted frame needs are not even decoded."""
         want = set(wanted)
+        numbers = self.index.numbers
+        if numbers is not None and skipping() and numbers.known(want):
+            try:
+                return self._read(want, fit, True)
+            except _Unsure:
+                numbers.usable = False
+        return self._read(want, fit, False)
+
+    def _read(self, want: set[int], fit: Fit, sparse: bool) -> tuple[dict[int, np.ndarray], bool]:
         got: dict[int, np.ndarray] = {}
         gen = None
         nxt = 0
@@ -290,7 +413,8 @@ class AvVideo:
             if gen is None or index.start_for(t) > index.key_of(nxt):
                 if gen is not None:
                     gen.close()
-                gen = self.frames(index.start_for(t), index.key_of(t))
+                start = index.start_for(t)
+                gen = self._sparse(start, want, t) if sparse else self.frames(start, index.key_of(t))
             for i, frame in gen:
                 nxt = i + 1
                 if i in want:
@@ -302,6 +426,20 @@ class AvVideo:
         if gen is not None:
             gen.close()
         return got, False
+
+
+def _position(frame: av.VideoFrame, unknown: int) -> int:
+    """The decode position a frame's packet was tagged with. A tag is a fresh tuple, not the int: PyAV files
+    tags under id(), which small ints share, so another decoder's dropping the same number lost the tag."""
+    tag = frame.opaque
+    return tag[0] if isinstance(tag, tuple) else unknown
+
+
+def _next(packets: Iterator[av.Packet]) -> av.Packet | None:
+    try:
+        return next(packets)
+    except (StopIteration, av.FFmpegError):
+        return None
 
 
 def _decode(cc, pkt) -> list:
