@@ -350,3 +350,19 @@ def test_predict_error_with_brackets_in_path(tmp_path, tiny_onnx):
     result = runner.invoke(app, ["predict", str(folder), "--model", str(tiny_onnx)])
     assert result.exit_code == 2, repr(result.exception)
     assert str(folder / "bad.avi") in one_error_line(result.stderr, only=False)
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--stream", "--clips", "2"], "--clips"),
+    (["--stream", "--batch", "4"], "--batch"),
+    (["--stream", "--index", "1"], "--index"),
+])
+def test_stream_predict_refuses_options_it_would_ignore(args, named, tmp_path):
+    result = runner.invoke(app, ["predict", str(tmp_path / "x.mp4"), *args])
+    assert result.exit_code == 2 and named in one_error_line(result.stderr) and "--stream" in result.stderr
+
+
+def test_export_of_a_recipe_refuses_checkpoint(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", {"name": "r", "model": {"arch": "r2plus1d"}})
+    result = runner.invoke(app, ["export-onnx", str(recipe), "--checkpoint", "last"])
+    assert result.exit_code == 2 and "--checkpoint" in one_error_line(result.stderr)

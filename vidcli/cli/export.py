@@ -19,7 +19,8 @@ def register(app: typer.Typer) -> None:
                                  show_default=False),
         opset: int = typer.Option(None, "--opset", help="ONNX opset (default: the recipe's export.opset; "
                                   "Keras models 11-18, PyTorch models 10-20).", show_default=False),
-        checkpoint: Checkpoint = typer.Option("best", "--checkpoint", help="Which of a run's checkpoints."),
+        checkpoint: Checkpoint = typer.Option(None, "--checkpoint", help="Which of a run's checkpoints (default "
+                                              "best).", show_default=False),
         set_: list[str] = typer.Option([], "--set", help="Override a recipe key (recipes only)."),
         labels: Path = typer.Option(None, "--labels", help="Class names, one per line (recipes only; default: the "
                                     "data's, else the release's Kinetics list, else numbered).", show_default=False),
@@ -42,6 +43,9 @@ def register(app: typer.Typer) -> None:
         if source.suffix.lower() in (".yaml", ".yml"):
             from vidcli import recipe as recipe_mod
 
+            if checkpoint is not None:
+                raise VidcliError("--checkpoint picks one of a run's checkpoints; a recipe is built from its "
+                                  "model.pretrained weights")
             rec = recipe_mod.load(source, set_)
             result = exporting.export_recipe(rec, out or Path(f"{rec.name}.onnx"), opset, labels,
                                              {"recipe": str(source)})
@@ -50,7 +54,7 @@ def register(app: typer.Typer) -> None:
                 raise VidcliError("--set and --labels apply to a recipe; a run keeps its own recipe and labels")
             from vidcli.runs import Run
 
-            result = exporting.export(Run.open(source), out, opset, checkpoint)
+            result = exporting.export(Run.open(source), out, opset, checkpoint or "best")
         if as_json:
             typer.echo(json.dumps(result))
         else:

@@ -110,7 +110,8 @@ def register(app: typer.Typer) -> None:
         split: Split = typer.Option("test", "--split", help="The .npz split --index reads."),
         stream: bool = typer.Option(False, "--stream", help="Feed a stream model (MoViNet stream, online TSM) one "
                                     "frame at a time (--json: one line per frame)."),
-        batch: int = typer.Option(8, "--batch", min=1, help="Inputs per model call (decoded in parallel)."),
+        batch: int = typer.Option(None, "--batch", min=1, help="Inputs per model call, decoded in parallel "
+                                  "(default 8).", show_default=False),
         threads: int = typer.Option(None, "--threads", min=0, help="ONNX Runtime threads per call (0: its default; "
                                     "default: 1 with --stream, where one frame is too little work to share, else 0).",
                                     show_default=False),
@@ -169,6 +170,12 @@ def register(app: typer.Typer) -> None:
         """
         from vidcli import models
 
+        if stream:  # one frame at a time from the start of each input: these have nothing to act on
+            given = [flag for flag, value in (("--clips", clips != 1 or None), ("--batch", batch),
+                                              ("--index", index)) if value is not None]
+            if given:
+                raise VidcliError(f"{', '.join(given)}: not used with --stream, which feeds every frame of each "
+                                  "video to the stream model in turn")
         entries = _sources(sources or [], camera)
         if model is not None and not model.exists() and "/" not in str(model):
             from vidcli.exporting import release_onnx
@@ -189,7 +196,7 @@ def register(app: typer.Typer) -> None:
         if given:
             raise VidcliError(f"{', '.join(given)}: for live sources (stream URLs, --camera); these inputs are files")
         failures = total = 0
-        for result in _file_results(m, files, stream, as_json, name, top_k, clips, index, split, batch):
+        for result in _file_results(m, files, stream, as_json, name, top_k, clips, index, split, batch or 8):
             total += 1
             failures += "error" in result
             _emit(result, as_json)
