@@ -366,3 +366,12 @@ def test_export_of_a_recipe_refuses_checkpoint(tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", {"name": "r", "model": {"arch": "r2plus1d"}})
     result = runner.invoke(app, ["export-onnx", str(recipe), "--checkpoint", "last"])
     assert result.exit_code == 2 and "--checkpoint" in one_error_line(result.stderr)
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--split", "val"], "--split"),
+    (["--runs-dir", "runs", "-m", "model.onnx"], "--runs-dir"),
+])
+def test_predict_refuses_options_that_would_do_nothing(args, named, tmp_path):
+    result = runner.invoke(app, ["predict", str(tmp_path / "x.mp4"), *args])
+    assert result.exit_code == 2 and named in one_error_line(result.stderr)

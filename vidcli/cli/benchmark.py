@@ -41,7 +41,8 @@ def register(app: typer.Typer) -> None:
                                   "or off."),
         cache_dir: Path = typer.Option(None, "--cache-dir", help="With --data: the frame cache's folder (default: "
                                        "an empty temporary one, so the first epoch is cold)."),
-        runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where to look for the newest run."),
+        runs_dir: Path = typer.Option(None, "--runs-dir", help="Where to look for the newest run when no model is "
+                                      "given (default: runs).", show_default=False),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout instead of the table."),
         quiet: bool = QUIET,
     ) -> None:
@@ -72,7 +73,9 @@ def register(app: typer.Typer) -> None:
                                               ("--cache-dir", cache_dir)) if value is not None]
             if given:
                 raise VidcliError(f"{', '.join(given)}: applies to --data only")
-        target = benchmarking.resolve(model, runs_dir, set_, classes)
+        if runs_dir is not None and model is not None:
+            raise VidcliError("--runs-dir is where the default run is looked for; a model was given")
+        target = benchmarking.resolve(model, runs_dir or Path("runs"), set_, classes)
         if data:
             result = benchmarking.benchmark_data(target, batches, epochs=epochs or 3, cache=(cache or "both").lower(),
                                                  cache_dir=cache_dir, workers=workers)

@@ -103,11 +103,13 @@ def register(app: typer.Typer) -> None:
                                    "movinet_a0_base (default: the newest finished run).", show_default=False),
         top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many labels to show."),
         clips: int = typer.Option(1, "--clips", min=1, help="Average over N evenly spaced clips (long videos)."),
-        runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where to look for the newest run."),
+        runs_dir: Path = typer.Option(None, "--runs-dir", help="Where to look for the newest finished run when "
+                                      "--model is not given (default: runs).", show_default=False),
         as_json: bool = typer.Option(False, "--json", help="One JSON object per line on stdout."),
         index: int = typer.Option(None, "--index", min=0, help="Volume N of an .npz data set (with --split).",
                                   show_default=False),
-        split: Split = typer.Option("test", "--split", help="The .npz split --index reads."),
+        split: Split = typer.Option(None, "--split", help="The .npz split --index reads (default: test).",
+                                    show_default=False),
         stream: bool = typer.Option(False, "--stream", help="Feed a stream model (MoViNet stream, online TSM) one "
                                     "frame at a time (--json: one line per frame)."),
         batch: int = typer.Option(None, "--batch", min=1, help="Inputs per model call, decoded in parallel "
@@ -176,6 +178,11 @@ def register(app: typer.Typer) -> None:
             if given:
                 raise VidcliError(f"{', '.join(given)}: not used with --stream, which feeds every frame of each "
                                   "video to the stream model in turn")
+        if runs_dir is not None and model is not None:
+            raise VidcliError("--runs-dir is where the default model is looked for; --model names the model")
+        if split is not None and index is None:
+            raise VidcliError("--split picks the .npz split that --index reads; give --index too")
+        runs_dir, split = runs_dir or Path("runs"), split or "test"
         entries = _sources(sources or [], camera)
         if model is not None and not model.exists() and "/" not in str(model):
             from vidcli.exporting import release_onnx
