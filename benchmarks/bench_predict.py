@@ -24,8 +24,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _export(folder: Path, quick: bool) -> Path:
-    from vidcli import exporting
+    """The model with random weights as a run (as `vidcli benchmark RECIPE` builds it), exported to ONNX."""
+    from vidcli import exporting, models, runs
     from vidcli import recipe as recipe_mod
+    from vidcli.backends import registry
     from vidcli.datasets.synth import write_synth_videos
 
     data = write_synth_videos(folder / "data", classes=3, counts={"train": 1, "val": 0, "test": 0}, frames=8,
@@ -34,7 +36,13 @@ def _export(folder: Path, quick: bool) -> Path:
     raw = {"name": "bench", "data": {"root": str(data), "frames": 4 if quick else 10, "frame_step": 2,
                                      "size": [size, size]},
            "model": {"arch": "r2plus1d", "params": {"filters": [4, 8] if quick else [16, 32, 64, 128]}}}
-    return Path(exporting.export_recipe(recipe_mod.parse(raw), folder / "model.onnx")["path"])
+    rec = recipe_mod.parse(raw)
+    labels = ["down", "left", "right"]
+    run = runs.start(folder / "runs", rec, labels, "keras")
+    shape = models.sample_shape(rec)
+    models.write_card(run, registry.spec("r2plus1d").card(rec, labels, shape))
+    registry.backend("r2plus1d").save_untrained(run.file("best.keras"), rec, len(labels), shape)
+    return Path(exporting.export(run)["path"])
 
 
 def _files(folder: Path, n: int) -> list[Path]:

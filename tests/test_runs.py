@@ -139,18 +139,26 @@ def test_missing_or_bad_labels(tmp_path):
         run.labels  # noqa: B018
 
 
-def test_newest_picks_most_recently_updated(tmp_path):
+def test_default_run_is_the_most_recently_updated_finished_one(tmp_path):
+    from vidcli.models import default_run
+
     with pytest.raises(VidcliError, match="no runs found"):
-        runs.newest(tmp_path)
+        default_run(tmp_path)
     a = runs.start(tmp_path, _rec("a"), ["x"], "keras")
     b = runs.start(tmp_path, _rec("b"), ["x"], "keras")
+    with pytest.raises(VidcliError, match="no finished run"):
+        default_run(tmp_path)
+    a.update_state(status="finished")
+    b.update_state(status="finished")
     os.utime(a.file(runs.RUN_FILE), (time.time() - 100, time.time() - 100))
     os.utime(b.file(runs.RUN_FILE), (time.time() - 50, time.time() - 50))
-    assert runs.newest(tmp_path).path == b.path
-    a.update_state(status="training")
-    assert runs.newest(tmp_path).path == a.path
+    assert default_run(tmp_path).path == b.path
+    a.update_state(status="finished")
+    assert default_run(tmp_path).path == a.path
+    b.update_state(status="training")  # newer, but not finished
+    assert default_run(tmp_path).path == a.path
     (tmp_path / "c" / "1").mkdir(parents=True)  # not a run: ignored
-    assert runs.newest(tmp_path).path == a.path
+    assert default_run(tmp_path).path == a.path
 
 
 def test_update_state_merges(tmp_path):

@@ -120,12 +120,12 @@ def parse_device(text: str | None) -> str:
 
 def resolve(path: Path | None, runs_dir: Path = Path("runs"), overrides: list[str] | None = None,
             classes: int | None = None) -> Target:
-    """A run folder (default: the newest under `runs_dir`), a recipe YAML or an .onnx file."""
+    """A run folder (default: the newest finished run under `runs_dir`), a recipe YAML or an .onnx file."""
     if path is None:
-        try:
-            run = runs.newest(runs_dir)
-        except VidcliError:
-            raise VidcliError(f"no runs found under {runs_dir}/; give a run folder, recipe or .onnx file") from None
+        from vidcli import models
+
+        run = models.default_run(runs_dir)
+        log(f"model: {run.path} (the newest finished run)")
         target = _from_run(run)
     elif not path.exists():
         raise VidcliError(f"{path}: not found")

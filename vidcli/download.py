@@ -43,9 +43,7 @@ def download(
     """
     dest = Path(dest)
     expected = {k: v.lower() for k, v in (("md5", md5), ("sha256", sha256)) if v}
-    if dest.is_file():
-        if not expected and not overwrite:
-            return dest
+    if dest.is_file() and (expected or not overwrite):
         wrong = _mismatches(dest, expected)
         if not wrong:
             return dest

@@ -23,7 +23,7 @@ from typing import Any
 
 from vidcli import fsio
 from vidcli import recipe as recipe_mod
-from vidcli.console import log
+from vidcli.console import log, warn
 from vidcli.errors import INTERRUPTED, VidcliError, fail
 from vidcli.runs import Run, write_history
 
@@ -142,11 +142,16 @@ class EpochEngine:
     def _tensorboard(self, row: dict[str, Any]) -> None:
         if not self.rec.train.tensorboard:
             return
-        if self._tb is None:
-            from vidcli.tensorboard import Writer
+        try:
+            if self._tb is None:
+                from vidcli.tensorboard import Writer
 
-            self._tb = Writer(self.run.file("tensorboard"))
-        self._tb.scalars(row["epoch"], {k: v for k, v in row.items() if k not in ("epoch", "seconds")})
+                self._tb = Writer(self.run.file("tensorboard"))
+            self._tb.scalars(row["epoch"], {k: v for k, v in row.items() if k not in ("epoch", "seconds")})
+        except OSError as exc:  # a log, not the run: say so once and train on without it
+            warn(f"TensorBoard logs stop here: cannot write {self.run.file('tensorboard')} ({exc.strerror or exc})")
+            self.rec.train.tensorboard = False
+            self.close()
 
     def close(self) -> None:
         if self._tb is not None:

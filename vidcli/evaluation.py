@@ -84,8 +84,11 @@ def predictions(t: Target, split: str, batch_size: int | None = None, workers: i
     labels = t.choice.card.labels
     source = open_source(t.data, split, labels)
     _warn_if_data_changed(t, split)
+    from vidcli.datasets import provenance
+
     st = t.choice.path.stat()
-    key = (f"{t.choice.path.resolve()}:{st.st_mtime_ns}:{st.st_size}:{Path(t.data.root).resolve()}:{split}:"
+    files = provenance.fingerprint(t.data, labels).get("splits", {}).get(split, {}).get("sha256", "")
+    key = (f"{t.choice.path.resolve()}:{st.st_mtime_ns}:{st.st_size}:{Path(t.data.root).resolve()}:{files}:{split}:"
            f"{clips}x{crops}")
     cache = t.out / "predictions" / f"{t.name('', split, (clips, crops))}.npz"
     info = {"model": str(t.choice.path), "checkpoint": t.choice.path.name if t.choice.kind == "checkpoint" else

@@ -53,8 +53,8 @@ def export(run: Run, out: Path | None = None, opset: int | None = None, checkpoi
 
     rec = run.recipe
     labels = run.labels
-    opset = check_opset(opset or rec.export.opset, registry.backend_name(rec.model.arch),
-                        "--opset" if opset else "export.opset")
+    opset = check_opset(opset if opset is not None else rec.export.opset, registry.backend_name(rec.model.arch),
+                        "--opset" if opset is not None else "export.opset")
     backend = registry.backend(rec.model.arch)
     path = backend.checkpoint(run, checkpoint)
     if not path.is_file():
@@ -73,27 +73,32 @@ def export(run: Run, out: Path | None = None, opset: int | None = None, checkpoi
 def export_recipe(rec: Any, out: Path, opset: int | None = None, labels_file: Path | None = None,
                   origin: dict[str, str] | None = None) -> dict:
     """Build a recipe's model with its `model.pretrained` weights (no training) and export it: how release
-    weights run zero-shot. Class names: `labels_file`, else the data's, else the release's list (Kinetics-400/600),
-    else numbered; with no data the class count comes from the weights file's head."""
+    weights run zero-shot. The class count is the weights file's head; the names: `labels_file`, else the data's,
+    else the release's list (Kinetics-400/600), else numbered. Names that do not fit the head are refused (the
+    exported model would have a random head)."""
     from vidcli import labels as labels_mod
     from vidcli import models
 
     params = registry.check_recipe(rec)
     spec = registry.spec(rec.model.arch)
-    opset = check_opset(opset or rec.export.opset, spec.backend, "--opset" if opset else "export.opset")
+    opset = check_opset(opset if opset is not None else rec.export.opset, spec.backend,
+                        "--opset" if opset is not None else "export.opset")
     source = rec.model.pretrained or getattr(params, "pretrained", None)
+    if not source:
+        raise VidcliError(f"{rec.name}: nothing to export: the recipe names no pretrained weights (model.pretrained); "
+                          "its model would be random: train it and export the run")
+    count = registry.head_classes(rec, source)
     data = _data_classes(rec) if rec.data.root and Path(rec.data.root).exists() else None
     if labels_file is not None:
-        names = labels_mod.read_file(labels_file)
+        names = labels_mod.read_file(labels_file, count)
     elif data is not None:
         names = data
-    elif source:
-        count = registry.head_classes(rec, source)
+        if len(names) != count:
+            raise VidcliError(f"{source} has a head of {count} classes, the data at {rec.data.root} {len(names)}: "
+                              "train the recipe first (or give --labels with the weights' own class names)")
+    else:
         listed = spec.labels_of(source)
         names = (labels_mod.release_list(listed, count) if listed else None) or labels_mod.numbered(count)
-    else:
-        raise VidcliError(f"{rec.name}: nothing to export: the recipe names no pretrained weights and has no data "
-                          "to take class names from (train it, or give model.pretrained)")
     backend = registry.backend(rec.model.arch)
     shape = models.sample_shape(rec)
     model = backend.build(rec, len(names), shape)
@@ -108,21 +113,28 @@ def export_recipe(rec: Any, out: Path, opset: int | None = None, labels_file: Pa
 def release_onnx(name: str) -> Path | None:
     """`-m movinet_a0_base`: a known release name, exported once (weights downloaded) into the cache; None when
     no family knows the name."""
-    import os
-
     from vidcli import recipe as recipe_mod
 
     for arch in registry.FAMILIES:
         raw = registry.spec(arch).releases(name)
         if raw is None:
             continue
-        cache = Path(os.environ.get("VIDCLI_CACHE") or Path.home() / ".cache" / "vidcli") / "exports"
+        from vidcli.video.cache import default_root
+
+        cache = default_root() / "exports"
         path = cache / f"{name}.onnx"
-        if not path.is_file():
+        if not path.is_file() or _numbered(path):  # numbered labels: the class names were not at hand then
             log(f"{name}: exporting the release for zero-shot use (once) to {path}")
             export_recipe(recipe_mod.parse(raw), path, origin={"release": name})
         return path
     return None
+
+
+def _numbered(path: Path) -> bool:
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return meta.get("labels", "").startswith('["class_0"')
 
 
 def _data_classes(rec: Any) -> list[str] | None:

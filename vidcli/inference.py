@@ -48,13 +48,25 @@ class OnnxModel:
             raise VidcliError(f"{path}: a stream model (one frame per call); use --stream, or export the clip model")
         first = self.session.get_inputs()[0]
         self.input_name = first.name
-        rank = len(self.card.input_shape())
-        if first.shape is not None and len(first.shape) != rank:
+        want = self.card.input_shape()
+        if first.shape is not None and len(first.shape) != len(want):
             raise VidcliError(f"{path}: the model input has rank {len(first.shape)}, its metadata says layout "
-                              f"{self.card.layout} (rank {rank})")
+                              f"{self.card.layout} (rank {len(want)})")
+        fixed = [(i, d, w) for i, (d, w) in enumerate(zip(first.shape or [], want, strict=False))
+                 if i and isinstance(d, int) and d != w]
+        if fixed:
+            raise VidcliError(f"{path}: the model input is {list(first.shape)}, its metadata describes "
+                              f"{list(want)} ({self.card.layout}; frames, size, channels)")
+        self.batch = first.shape[0] if first.shape and isinstance(first.shape[0], int) else None  # a fixed batch
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: x})[0]
+        if self.batch and len(x) != self.batch:  # a graph exported for a fixed batch: call it as often as needed
+            return np.concatenate([self(x[i : i + self.batch]) for i in range(0, len(x), self.batch)])
+        try:
+            return self.session.run(None, {self.input_name: x})[0]
+        except Exception as exc:  # onnxruntime's own untyped errors: one line naming the file
+            why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise VidcliError(f"{self.path}: ONNX Runtime could not run the model ({why})") from None
 
 
 def expand_sources(items: list[str]) -> list[Path]:
@@ -83,6 +95,10 @@ def load_input(path: Path, card: ModelCard, clips: int, index: int | None = None
     """uint8 (clips, T, H, W, C) for a video, or (1, D, H, W, 1) for a `.npy` volume or entry `index` of an npz."""
     if (path.suffix == ".npz") != (index is not None):
         raise VidcliError(f"{path}: --index picks a volume from an .npz file; give both (e.g. x.npz --index 5)")
+    if path.suffix in (".npz", ".npy") and card.input_kind != "volumes":
+        raise VidcliError(f"{path}: a volume; the model takes videos")
+    if path.suffix in (".npz", ".npy") and clips != 1:
+        raise VidcliError(f"{path}: --clips: a volume is used whole; there is one view of it")
     if path.suffix == ".npz":
         from vidcli.datasets.volumes import volume_from_npz
 
@@ -134,8 +150,12 @@ def predict(model, sources: list[Path], top: int = 5, clips: int = 1, index: int
 def _answer(model, chunk: list[Path], inputs: list, top: int, index: int | None, split: str,
             name: str) -> Iterator[dict]:
     good = [x for x in inputs if not isinstance(x, VidcliError)]
-    probs = iter(softmax(model(np.concatenate(good))).reshape(len(good), -1, len(model.card.labels))) if good \
-        else iter(())
+    try:
+        logits = model(np.concatenate(good)) if good else None
+    except VidcliError as exc:  # the model itself failed: every input of this call says so
+        good, inputs = [], [exc if not isinstance(x, VidcliError) else x for x in inputs]
+    views = np.cumsum([len(x) for x in good])[:-1]  # inputs may differ in their number of views
+    probs = iter(np.split(softmax(logits), views)) if good else iter(())
     for src, x in zip(chunk, inputs, strict=True):
         shown = str(src) if index is None else f"{src}[{split}:{index}]"
         if isinstance(x, VidcliError):

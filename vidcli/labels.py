@@ -21,7 +21,9 @@ LISTS = {
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("VIDCLI_CACHE") or Path.home() / ".cache" / "vidcli") / "labels"
+    from vidcli.video.cache import default_root
+
+    return default_root() / "labels"
 
 
 def read_file(path: Path, count: int | None = None) -> list[str]:

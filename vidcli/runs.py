@@ -142,14 +142,6 @@ def start(runs_root: str | Path, rec: recipe_mod.Recipe, labels: list[str], back
     return run
 
 
-def newest(runs_root: str | Path = "runs") -> Run:
-    root = Path(runs_root)
-    candidates = [p.parent for p in root.glob(f"*/*/{RUN_FILE}")] if root.is_dir() else []
-    if not candidates:
-        raise VidcliError(f"no runs found under {root}/; train one with `vidcli train RECIPE` or pass --model")
-    return Run(max(candidates, key=lambda p: (p / RUN_FILE).stat().st_mtime))
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 

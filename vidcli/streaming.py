@@ -51,7 +51,12 @@ class OnnxStream:
         if not isinstance(frame, np.ndarray) or frame.shape != self.frame_shape or frame.dtype != np.float32:
             got = f"{getattr(frame, 'dtype', type(frame).__name__)} {tuple(getattr(frame, 'shape', ()))}"
             raise VidcliError(f"the stream model takes one frame as float32 {self.frame_shape}, got {got}")
-        values = self.session.run(self._outputs, {self.spec.input: frame, **states})
+        try:
+            values = self.session.run(self._outputs, {self.spec.input: frame, **states})
+        except Exception as exc:  # onnxruntime's own untyped errors (a state that does not fit its graph, ...)
+            why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise VidcliError(f"{self.card.extra.get('run', 'the stream model')}: ONNX Runtime could not run a "
+                              f"step ({why})") from None
         return values[0], {s.name: v for s, v in zip(self.spec.states, values[1:], strict=True)}
 
 

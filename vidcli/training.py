@@ -110,12 +110,13 @@ def train(recipe_path: Path | None, overrides: list[str], resume: Path | None, r
     fresh = run is None
     if run is None:
         run = runs.start(runs_dir, rec, train_src.classes, backend_name, role)
-        spec = registry.spec(rec.model.arch)
-        models.write_card(run, spec.card(rec, train_src.classes, train_src.sample_shape))
-        run.update_state(data=provenance.fingerprint(rec.data, train_src.classes))
-    log(f"run folder: {run.path}  ({len(train_src)} train / {len(val_src) if val_src else 0} val clips, "
-        f"{len(train_src.classes)} classes)")
     try:
+        if fresh:
+            spec = registry.spec(rec.model.arch)
+            models.write_card(run, spec.card(rec, train_src.classes, train_src.sample_shape))
+            run.update_state(data=provenance.fingerprint(rec.data, train_src.classes))
+        log(f"run folder: {run.path}  ({len(train_src)} train / {len(val_src) if val_src else 0} val clips, "
+            f"{len(train_src.classes)} classes)")
         backend.fit(run, rec, train_src, val_src, resume=not fresh)
     except (VidcliError, KeyboardInterrupt):  # Ctrl-C before the first checkpoint leaves nothing to resume
         if fresh and run.state.get("epochs_done", 0) == 0 and run.state.get("status") != "interrupted":

@@ -3,6 +3,7 @@ and lists them in --help."""
 
 from __future__ import annotations
 
+import sys
 from typing import Literal
 
 import typer
@@ -22,3 +23,15 @@ def _quiet(value: bool) -> bool:
 QUIET = typer.Option(False, "--quiet", "-q", callback=_quiet,
                      help="No log lines or progress on stderr (warnings and errors still show).")
 JSON = typer.Option(False, "--json", help="Print JSON to stdout (nothing else goes there).")
+
+
+def drop_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush does not fail again on the closed pipe."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass

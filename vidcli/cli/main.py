@@ -59,6 +59,11 @@ class VidcliGroup(TyperGroup):
                 traceback.print_exc()
             _error_line("interrupted")
             sys.exit(130)
+        except BrokenPipeError:  # the reader of stdout left (`| head`): stop quietly, as it asked
+            from vidcli.cli.common import drop_stdout
+
+            drop_stdout()
+            sys.exit(0)
 
 
 def _error_line(message: str) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from vidcli.cli.common import QUIET, Split
+from vidcli.cli.common import QUIET, Split, drop_stdout
 from vidcli.errors import BAD_INPUT, INTERRUPTED, PARTIAL, VidcliError
 
 
@@ -287,7 +287,7 @@ def _predict_live(m, source, stream: bool, as_json: bool, name: str, *, top_k: i
                         warn(f"{source.name}: the model is slower than the stream; dropping frames to stay live")
         except BrokenPipeError:  # the reader of stdout left (`| head`): stop as it asked, quietly
             gone = True
-            _drop_stdout()
+            drop_stdout()
         finally:
             view.close()
             ended = " (stopped by Ctrl-C)" if interrupts.requested() and not gone else ""
@@ -295,15 +295,6 @@ def _predict_live(m, source, stream: bool, as_json: bool, name: str, *, top_k: i
         stopped = interrupts.requested()
     if stopped and not gone:
         raise typer.Exit(INTERRUPTED)
-
-
-def _drop_stdout() -> None:
-    """Point stdout at /dev/null so the interpreter's last flush does not fail again on the closed pipe."""
-    import os
-
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
 
 
 class _LiveView:

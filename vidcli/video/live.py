@@ -146,11 +146,11 @@ class FfmpegSource(Source):
 class HttpSource(Source):
     """An http(s) live stream read by `requests`; `first` is the open response that classified the URL."""
 
-    def __init__(self, url: str, timeout: float, first: Any = None):
+    def __init__(self, url: str, timeout: float, first: Any = None, remote: Any = None):
         from vidcli import httprange
 
         self.name = self.url = url
-        self.remote = httprange.Remote(url, timeout=(timeout, timeout), retries=0)
+        self.remote = remote or httprange.Remote(url, timeout=(timeout, timeout), retries=0)  # `first`'s session
         self.first = first
 
     def open(self, timeout: float) -> Capture:
@@ -225,12 +225,14 @@ class UrlKind:
     live: bool
     response: Any = None
     why: str = ""
+    remote: Any = None  # the session `response` came through (closed with it)
 
     def source(self, timeout: float) -> Source:
         if self.response is not None and http_stream_supported():
-            return HttpSource(self.url, timeout, self.response)
+            return HttpSource(self.url, timeout, self.response, self.remote)
         if self.response is not None:
             self.response.close()
+            self.remote.close()
         return FfmpegSource(self.url)
 
 
@@ -250,12 +252,13 @@ def classify_url(url: str, live: bool = False, timeout: float = 10.0) -> UrlKind
         raise VidcliError(f"{url}: {exc}") from exc
     kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
     path = response.url.split("?")[0].lower()
-    if kind in PLAYLISTS or path.endswith(".m3u8") or kind == MULTIPART:
-        response.close()
-        return UrlKind(url, True, why=f"Content-Type {kind or 'none'}")
-    if live or not response.headers.get("Content-Length", "").isdigit():
-        return UrlKind(url, True, response, "--live" if live else "no Content-Length")
+    listed = kind in PLAYLISTS or path.endswith(".m3u8") or kind == MULTIPART  # FFmpeg reads these itself
+    if not listed and (live or not response.headers.get("Content-Length", "").isdigit()):
+        return UrlKind(url, True, response, "--live" if live else "no Content-Length", remote)
     response.close()
+    remote.close()
+    if listed:
+        return UrlKind(url, True, why=f"Content-Type {kind or 'none'}")
     return UrlKind(url, False, why="Content-Length given")
 
 

@@ -114,6 +114,12 @@ class RunCallback(keras.callbacks.Callback):
         self._ctx = progress(self.eng.steps, f"epoch {epoch + 1}/{self.eng.rec.train.epochs}")
         self._advance = self._ctx.__enter__()
 
+    def close_progress(self) -> None:
+        """The epoch's progress bar, closed however the epoch ends (a stop, Ctrl-C or an error)."""
+        ctx, self._ctx = getattr(self, "_ctx", None), None
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
+
     def on_train_batch_begin(self, batch, logs=None):
         self.model.optimizer.learning_rate.assign(self.eng.lr(self.epoch, batch))
 
@@ -127,7 +133,7 @@ class RunCallback(keras.callbacks.Callback):
             self._stop(exc)
 
     def on_epoch_end(self, epoch, logs=None):
-        self._ctx.__exit__(None, None, None)
+        self.close_progress()
         if self.val_errors and self.error is None:
             self._stop(self.val_errors[0])
         if self.error:
@@ -241,7 +247,13 @@ class KerasBackend(Backend):
                     model.fit(train_ds, epochs=rec.train.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
                               validation_data=val_ds, callbacks=callbacks, verbose=0, shuffle=False)
         except KeyboardInterrupt:
+            cb.close_progress()
             raise eng.interrupted() from None
+        except BaseException:
+            cb.close_progress()
+            eng.failed()
+            raise
+        cb.close_progress()
         if cb.error:
             eng.failed()
             raise cb.error

@@ -38,7 +38,9 @@ SHOW = 10
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("VIDCLI_CACHE", "~/.cache/vidcli")).expanduser() / "movinet"
+    from vidcli.video.cache import default_root
+
+    return default_root() / "movinet"
 
 
 # -- key mapping -------------------------------------------------------------------------------------

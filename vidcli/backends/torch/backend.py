@@ -484,7 +484,7 @@ def _fit(run: Run, rec: recipe_mod.Recipe, train_src: Source, val_src: Source | 
                 break
     except KeyboardInterrupt:
         raise eng.interrupted() from None
-    except VidcliError:
+    except BaseException:  # a user error, or anything else (out of memory ...): the run says it failed
         eng.failed()
         raise
     return eng.finish(len(train_src.failed))
