@@ -412,3 +412,28 @@ print(json.dumps(out))
         assert f"{keys[label]}:" in lines[0], (label, lines[0])
     assert not (tmp_path / "runs").exists()
     assert not (tmp_path.parent.parent / "escaped").exists()
+
+
+def test_unset_sampling_is_the_familys_own(tmp_path):
+    from vidcli.backends import registry
+
+    tsm = recipe.load(_write(tmp_path, {**BASE, "data": {**BASE["data"], "frames": 8},
+                                        "model": {"arch": "tsm"}}))
+    assert tsm.data.sampling is None
+    registry.check_recipe(tsm)
+    assert tsm.data.sampling == "segments"  # TSM's reference sampling, as its card says
+    keras = recipe.load(_write(tmp_path, BASE))
+    registry.check_recipe(keras)
+    assert keras.data.sampling == "step"
+
+
+def test_a_card_that_asks_for_input_its_backend_does_not_feed_is_refused(monkeypatch):
+    import dataclasses
+
+    from vidcli.backends import registry
+    from vidcli.families import IMAGENET
+    from vidcli.families import r2plus1d as card
+
+    monkeypatch.setattr(card, "SPEC", dataclasses.replace(card.SPEC, norm=IMAGENET))
+    with pytest.raises(VidcliError, match="keras backend trains on NTHWC values in \\[0, 1\\]"):
+        registry.spec("r2plus1d")

@@ -147,8 +147,9 @@ class DataConfig:
     workers: int = 0
     max_bad_fraction: float = 0.05
     synth: SynthConfig | None = None
-    # "segments" / "dense": TSM's sampling (frames = segments), with resize-then-crop instead of padding.
-    sampling: Literal["step", "segments", "dense"] = "step"
+    # "step": `frames` frames `frame_step` apart, letterboxed; "segments" / "dense": TSM's sampling (frames =
+    # segments), resize-then-crop. Unset: the family's own (its card's `sampling`), filled in by check_recipe.
+    sampling: Literal["step", "segments", "dense"] | None = None
     flip: bool = False  # random horizontal flip in training: off for direction-sensitive classes
     multiscale_crop: bool = True  # segments/dense training: crops at scales 1, .875, .75, .66
     # Keep each video's decoded frames (sized for this recipe) on disk: the first epoch fills the cache,

@@ -14,7 +14,7 @@ from typing import Any
 
 from vidcli.backends.base import Backend
 from vidcli.errors import VidcliError
-from vidcli.families import FamilySpec, changed, refuse
+from vidcli.families import UNIT, FamilySpec, changed, refuse
 
 FAMILIES: dict[str, str] = {
     "r2plus1d": "vidcli.families.r2plus1d",
@@ -25,6 +25,14 @@ FAMILIES: dict[str, str] = {
 
 BACKENDS: dict[str, str] = {"keras": "vidcli.backends.keras.backend", "torch": "vidcli.backends.torch.backend"}
 SUFFIXES: dict[str, str] = {"keras": ".keras", "torch": ".pt"}  # checkpoint files: best<suffix>, last<suffix>
+
+# What each backend's training pipeline feeds the model: a family card must ask for that, so the model sees the same
+# input in training as the card describes for evaluation and export (Keras: tf.data gives NTHWC in [0, 1]; torch:
+# the DataLoader gives NTCHW normalised by the card, which a model that takes N(TC)HW also takes).
+TRAINING_INPUT: dict[str, dict] = {
+    "keras": {"layouts": ("NTHWC",), "norm": UNIT},
+    "torch": {"layouts": ("NTCHW", "N(TC)HW"), "norm": None},
+}
 
 # Recipe keys a backend does not implement: a non-default value is refused with the reason.
 UNSUPPORTED: dict[str, dict[str, str]] = {
@@ -45,7 +53,13 @@ def spec(arch: str) -> FamilySpec:
         near = difflib.get_close_matches(arch, list(FAMILIES), n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else f" (known: {', '.join(FAMILIES)})"
         raise VidcliError(f"model.arch: unknown architecture '{arch}'{hint}")
-    return importlib.import_module(FAMILIES[arch]).SPEC
+    fam = importlib.import_module(FAMILIES[arch]).SPEC
+    want = TRAINING_INPUT[fam.backend]
+    if fam.layout not in want["layouts"] or (want["norm"] is not None and fam.norm != want["norm"]):
+        raise VidcliError(f"model.arch '{arch}': its card asks for layout {fam.layout} and {fam.norm}, but the "
+                          f"{fam.backend} backend trains on {' or '.join(want['layouts'])}"
+                          + (" values in [0, 1]" if want["norm"] is not None else ""))
+    return fam
 
 
 def backend_name(arch: str) -> str:
@@ -159,6 +173,8 @@ def check_recipe(rec: Any) -> Any:
 
     fam = spec(rec.model.arch)
     check_opset(rec.export.opset, fam.backend)
+    if rec.data.sampling is None and rec.data.format != "volumes":  # the family's reference sampling
+        rec.data.sampling = fam.sampling
     params = fam.parse(rec.model.params)
     inner = getattr(params, "pretrained", None)
     if inner and rec.model.pretrained and inner != rec.model.pretrained:

@@ -160,7 +160,7 @@ def open_source(data, split: str, classes: list[str] | None = None) -> Source:
 
 
 def _sampling(data) -> dict:
-    return {"sampling": data.sampling, "flip": data.flip, "multiscale": data.multiscale_crop}
+    return {"sampling": data.sampling or "step", "flip": data.flip, "multiscale": data.multiscale_crop}
 
 
 _CACHES: dict[tuple, object] = {}

@@ -75,7 +75,7 @@ class FamilySpec:
         t, h, w, c = (int(v) for v in sample_shape)
         mean, std = self.norm.per_channel(c)
         volumes = rec.data.format == "volumes"
-        sampling = "center" if volumes or rec.data.sampling == "step" else rec.data.sampling
+        sampling = "center" if volumes or rec.data.sampling in ("step", None) else rec.data.sampling
         return ModelCard(labels=list(labels), frames=t, size=(h, w), channels=c, input_kind=rec.data.format,
                          layout=self.layout, scale=self.norm.scale, mean=mean, std=std, sampling=sampling,
                          frame_step=1 if volumes or sampling != "center" else rec.data.frame_step,
