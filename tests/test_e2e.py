@@ -256,3 +256,26 @@ def test_real_sigint_during_training(tmp_path, tiny_data):
     assert state["epochs_done"] <= len(_history(run)) <= state["epochs_done"] + 1
     assert len(_weights(run / "last.keras")) > 0
     assert not [p for p in run.rglob("*") if ".partial-" in p.name]
+
+
+def test_a_mixed_precision_run_evaluates_resumes_and_exports(tiny_data, tmp_path):
+    """Mixed precision is a training setting: the run's checkpoints load for eval and resume, the export is checked."""
+    import keras
+
+    policy = keras.mixed_precision.global_policy()
+    recipe = write_recipe(tmp_path / "mixed.yaml", tiny_recipe_dict(tiny_data, epochs=1, precision="mixed_bfloat16"))
+    try:
+        assert _train(recipe, tmp_path / "runs").exit_code == 0
+        run = tmp_path / "runs" / "tiny" / "1"
+        keras.mixed_precision.set_global_policy("float32")  # as a later command starts
+        done = runner.invoke(app, ["eval", str(run), "--json"])
+        assert done.exit_code == 0, done.stderr
+        assert 0 <= json.loads(done.stdout)["top1"] <= 1
+        more = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.epochs=2"])
+        assert more.exit_code == 0, more.stderr
+        assert [int(r["epoch"]) for r in _history(run)] == [1, 2]
+        keras.mixed_precision.set_global_policy("float32")
+        exported = runner.invoke(app, ["export-onnx", str(run), "--json"])
+        assert exported.exit_code == 0, exported.stderr
+    finally:
+        keras.mixed_precision.set_global_policy(policy)

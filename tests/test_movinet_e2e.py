@@ -347,3 +347,28 @@ def test_base_recipe_trains_exports_and_predicts(tiny_data, tmp_path, monkeypatc
     assert result["max_abs_diff"] <= ATOL and "stream" not in result["metadata"]
     out = CliRunner().invoke(app, ["predict", str(testdata / "videos" / "box.mp4"), "--json", "-m", result["path"]])
     assert out.exit_code == 0 and len(json.loads(out.stdout)["top_k"]) == 3
+
+
+@pytest.mark.slow
+def test_a_stream_model_trained_in_mixed_precision_evaluates_and_streams_in_float32(tiny_data, tmp_path,
+                                                                                     monkeypatch):
+    """Mixed precision is a training setting: the checkpoint loads for eval, the stream runs a float32 copy."""
+    import keras
+
+    from vidcli import evaluation, exporting, models, training
+    from vidcli.runs import Run
+
+    monkeypatch.setenv("VIDCLI_CACHE", str(tmp_path / "cache"))
+    policy = keras.mixed_precision.global_policy()
+    over = tiny_overrides(tiny_data, "stream", **{"train.precision": "mixed_bfloat16"})
+    try:
+        run = training.train(REPO / "recipes" / "movinet_a0_stream.yaml", over, None, tmp_path / "runs")
+        keras.mixed_precision.set_global_policy("float32")  # as a later `vidcli eval` starts
+        metrics = evaluation.evaluate(Run.open(run.path), split="test")
+        assert 0 <= metrics["top1"] <= 1
+        stream = models.open_stream(models.resolve(run.path, checkpoint="best"))._stream.model
+        assert {layer.compute_dtype for layer in stream.layers} == {"float32"}
+        result = exporting.export(Run.open(run.path))
+        assert result["stream"] and result["max_abs_diff"] <= ATOL
+    finally:
+        keras.mixed_precision.set_global_policy(policy)

@@ -311,6 +311,7 @@ def _export(run: runs.Run, target: Target, x: np.ndarray, folder: Path) -> tuple
 
     log(f"exporting to ONNX (opset {target.rec.export.opset}, temporary file)")
     backend, model = _load(run, target)
+    model = backend.exported(model)
     raw = backend.export_onnx(model, x, target.rec.export.opset)
     reference = backend.forward(model, target.card)(x)
     path = fsio.write_bytes(folder / "model.onnx", with_metadata(raw, target.card.to_metadata()))

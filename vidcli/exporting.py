@@ -153,6 +153,7 @@ def _is_stream(rec: Any) -> bool:
 def export_model(backend, model, card: ModelCard, clips: np.ndarray, what: str, out: Path, opset: int,
                  tolerance: float, stream: bool = False) -> dict:
     """Export `model`, check it against the framework on `clips`, and write `out` only when they agree."""
+    model = backend.exported(model)
     if stream:
         return _export_stream(backend, model, card, clips[:1], what, out, opset, tolerance)
     import onnxruntime as ort

@@ -69,6 +69,11 @@ class Backend(abc.ABC):
     def forward(self, model: Any, card: ModelCard) -> Forward:
         """Inference-mode forward passes (any batch size) on the card's preprocessed input."""
 
+    def exported(self, model: Any) -> Any:
+        """The model as it is exported and checked against its ONNX file (Keras: a float32 copy of a model
+        trained in mixed precision); by default the model itself."""
+        return model
+
     @abc.abstractmethod
     def export_onnx(self, model: Any, sample: np.ndarray, opset: int) -> bytes:
         """ONNX bytes of the clip model (input `video`, output `logits`, dynamic batch) traced on `sample`."""

@@ -159,8 +159,11 @@ class KerasBackend(Backend):
         model = registry.family(rec.model.arch).build(params, num_classes, tuple(sample_shape))
         registry.load_pretrained(rec, params, model)
         if rec.train.precision != "float32":  # logits and loss in float32
-            outputs = keras.layers.Activation("linear", dtype="float32", name="logits_fp32")(model.output)
-            model = keras.Model(model.input, outputs, name=model.name)
+            # The family's model stays one layer of the wrapper (not its layers spliced in), so what knows the
+            # family's model class (MoViNet's stream) still finds it.
+            inputs = keras.Input(shape=tuple(model.inputs[0].shape[1:]), name="video")
+            outputs = keras.layers.Activation("linear", dtype="float32", name="logits_fp32")(model(inputs))
+            model = keras.Model(inputs, outputs, name=model.name)
         return model
 
     def load(self, path, rec, num_classes):
@@ -170,10 +173,16 @@ class KerasBackend(Backend):
         state = read_state(path)
         params = registry.check_recipe(rec)
         engine_mod.check_model(state, rec.model.arch, registry.plain_params(params), num_classes, str(path))
+        policy = keras.mixed_precision.global_policy()
+        # Under the policy it was trained with: layers whose config does not carry their dtype (MoViNet's
+        # classifier) are rebuilt under the global policy, and float16 next to float32 does not load.
+        keras.mixed_precision.set_global_policy(rec.train.precision)
         try:
             model = keras.saving.load_model(path, compile=True)
         except (OSError, ValueError, zipfile.BadZipFile) as exc:
             raise VidcliError(f"{path}: cannot load checkpoint ({str(exc).splitlines()[0]})") from exc
+        finally:
+            keras.mixed_precision.set_global_policy(policy)
         out = int(model.output.shape[-1])
         if out != num_classes:
             raise VidcliError(f"{path}: the model has {out} outputs, the run {num_classes} labels")
@@ -267,6 +276,11 @@ class KerasBackend(Backend):
         spec = tf.TensorSpec(card.input_shape(), tf.float32)
         fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
         return lambda batch: np.asarray(fn(tf.constant(batch, tf.float32)), dtype=np.float32)
+
+    def exported(self, model):
+        from vidcli.backends.keras.float32 import float32_model
+
+        return float32_model(model)  # ONNX Runtime does not run float16 / bfloat16 convolutions on CPU
 
     def export_onnx(self, model, sample, opset):
         """Traced through our own `training=False` function: Keras' `model.export(format="onnx")` traces

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from vidcli.backends.base import Stream
 from vidcli.backends.keras import movinet
+from vidcli.backends.keras.float32 import float32_model
 from vidcli.backends.keras.onnx import convert
 from vidcli.errors import VidcliError
 from vidcli.modelcard import OUTPUT, ModelCard, StateSpec, StreamSpec
@@ -20,12 +21,16 @@ FRAME_INPUT = "image"
 
 
 def stream_model(model, where: str) -> movinet.MovinetClassifier:
-    """The `MovinetClassifier` behind a loaded checkpoint, refusing anything that cannot stream."""
-    if not isinstance(model, movinet.MovinetClassifier):
-        raise VidcliError(f"{where}: streaming needs a float32 MoViNet (train.precision: float32)")
-    if not model.causal:
+    """The float32 `MovinetClassifier` behind a loaded checkpoint, refusing anything that cannot stream. A model
+    trained in mixed precision (the classifier inside a float32-logits wrapper) streams as a float32 copy."""
+    model = float32_model(model)
+    inner = model if isinstance(model, movinet.MovinetClassifier) else next(
+        (layer for layer in getattr(model, "layers", ()) if isinstance(layer, movinet.MovinetClassifier)), None)
+    if inner is None:
+        raise VidcliError(f"{where}: not a MoViNet, so it cannot stream")
+    if not inner.causal:
         raise VidcliError(f"{where}: not a stream model (a MoViNet streams with model.params.causal: true)")
-    return model
+    return inner
 
 
 def stream_onnx(model, card: ModelCard, opset: int = 17) -> tuple[bytes, StreamSpec]:
