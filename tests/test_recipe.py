@@ -437,3 +437,14 @@ def test_a_card_that_asks_for_input_its_backend_does_not_feed_is_refused(monkeyp
     monkeypatch.setattr(card, "SPEC", dataclasses.replace(card.SPEC, norm=IMAGENET))
     with pytest.raises(VidcliError, match="keras backend trains on NTHWC values in \\[0, 1\\]"):
         registry.spec("r2plus1d")
+
+
+@pytest.mark.parametrize("key", ["multiscale_crop", "flip", "frame_step"])
+def test_video_only_keys_on_volumes_are_refused_by_name(tmp_path, key):
+    from vidcli.backends import registry
+
+    value = {"multiscale_crop": False, "flip": True, "frame_step": 3}[key]
+    raw = {**BASE, "data": {"root": "data/v.npz", "format": "volumes", key: value}, "model": {"arch": "vivit"}}
+    rec = recipe.load(_write(tmp_path, raw))
+    message = _error(registry.check_recipe, rec)
+    assert f"data.{key}" in message and "vivit" in message and "volumes are used whole" in message

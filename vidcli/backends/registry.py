@@ -130,7 +130,7 @@ def _general_rules(rec: Any, fam: FamilySpec) -> list[tuple[str, str]]:
         problems.append(("data.format", f"'{d.format}' is not an input of this family (it reads "
                                         f"{', '.join(fam.formats)})"))
     if d.format == "volumes":
-        for key in ("frames", "frame_step", "size", "sampling", "flip"):
+        for key in ("frames", "frame_step", "size", "sampling", "flip", "multiscale_crop"):
             if changed(d, key):
                 problems.append((f"data.{key}", "volumes are used whole, at the data's own size; "
                                                 "this setting would change nothing"))
