@@ -296,10 +296,19 @@ def test_window_takes_the_models_own_clip():
     ("args", "said"),
     [(["--window", "8"], "--window: for live sources"),
      (["--duration", "3", "--stride", "2"], "--stride, --duration: for live sources"),
+     (["--reconnect", "1"], "--reconnect: for live sources"),
      (["--camera", "0"], "--camera is the only input")],
 )
 def test_live_options_with_files_are_refused(plain_onnx, args, said):
     result = runner.invoke(app, ["predict", str(VIDEOS / "box.mp4"), "-m", str(plain_onnx), *args])
+    assert result.exit_code == 2, result.stderr
+    assert said in one_error_line(result.stderr, only=False)
+
+
+@pytest.mark.parametrize(("args", "said"), [(["--batch", "4"], "--batch: for files"),
+                                            (["--clips", "2", "--index", "1"], "--clips, --index: for files")])
+def test_file_options_with_a_live_source_are_refused(plain_onnx, args, said):
+    result = runner.invoke(app, ["predict", free_udp_url(), "-m", str(plain_onnx), "--timeout", "1", *args])
     assert result.exit_code == 2, result.stderr
     assert said in one_error_line(result.stderr, only=False)
 

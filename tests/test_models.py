@@ -189,3 +189,15 @@ def test_resume_refuses_what_would_not_do_what_it_says(run_copy, tiny_data, tmp_
     assert cut.exit_code == 2 and "last.keras" in cut.stderr and "Traceback" not in cut.stderr
     after = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()}
     assert after["recipe.yaml"] == before["recipe.yaml"] and after["history.csv"] == before["history.csv"]
+
+
+def test_threads_reach_a_checkpoint_run_by_its_framework(run_copy, tiny_data, monkeypatch):
+    from vidcli.backends.keras.backend import KerasBackend
+
+    asked: list[int] = []
+    monkeypatch.setattr(KerasBackend, "set_threads", lambda self, n: asked.append(n))
+    args = ["predict", str(_clip(tiny_data)), "-m", str(run_copy / "best.keras"), "--json"]
+    result = runner.invoke(app, [*args, "--threads", "1"])
+    assert result.exit_code == 0, result.stderr
+    assert asked == [1]
+    assert runner.invoke(app, args).exit_code == 0 and asked == [1]  # unset: the framework's own pools

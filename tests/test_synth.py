@@ -350,3 +350,22 @@ def test_cli_synth_videos_and_volumes(tmp_path):
                               "--val", "1", "--test", "1", "--size", "16", "--json"])
     assert vol.exit_code == 0, vol.output
     assert (tmp_path / "vol" / "synth_volumes_16.npz").is_file()
+
+
+@pytest.mark.parametrize(("args", "said"), [(["--frames", "8"], "--frames: volumes are cubes"),
+                                            (["--classes", "7"], "--classes 7: --volumes has 6 shapes")])
+def test_synth_volumes_refuses_what_it_cannot_honour(tmp_path, args, said):
+    from vidcli.cli.main import app
+
+    result = CliRunner().invoke(app, ["data", "synth", "--volumes", "--out", str(tmp_path / "vol"), *args])
+    assert result.exit_code == 2 and said in result.stderr
+    assert not (tmp_path / "vol").exists()
+
+
+def test_synth_volumes_takes_the_size_asked_for(tmp_path):
+    from vidcli.cli.main import app
+
+    result = CliRunner().invoke(app, ["data", "synth", "--volumes", "--out", str(tmp_path / "vol"), "--size", "64",
+                                      "--classes", "2", "--train", "1", "--val", "1", "--test", "1"])
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "vol" / "synth_volumes_64.npz").is_file()

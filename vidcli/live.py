@@ -148,13 +148,13 @@ def summary(reader, predictions: int, started: float) -> str:
             f"{predictions} predictions, {dropped}")
 
 
-def download(url: str, folder: Path) -> Path:
+def download(url: str, folder: Path, timeout: float = 60) -> Path:
     """A video URL fetched into a new folder under `folder`, under its own name (through a temporary name, with
-    retries and resume), for prediction like any file."""
+    retries and resume), for prediction like any file; `timeout`: seconds to wait for the server."""
     import tempfile
     from urllib.parse import unquote, urlsplit
 
     from vidcli.download import download as fetch
 
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(unquote(urlsplit(url).path)).name).strip("._") or "video"
-    return fetch(url, Path(tempfile.mkdtemp(dir=folder)) / name, description=f"downloading {name}")
+    return fetch(url, Path(tempfile.mkdtemp(dir=folder)) / name, description=f"downloading {name}", timeout=timeout)

@@ -213,12 +213,10 @@ def announce(choice: Choice) -> None:
 class FrameworkModel:
     """A checkpoint run by its own framework (slower to start than ONNX Runtime)."""
 
-    def __init__(self, choice: Choice):
-        from vidcli.backends import registry
-
+    def __init__(self, choice: Choice, threads: int = 0):
         rec = choice.run.recipe
         self.card = choice.card
-        self.backend = registry.backend(rec.model.arch)
+        self.backend = _framework(choice, threads)
         self.model = self.backend.load(choice.path, rec, len(choice.card.labels))
         self._forward = self.backend.forward(self.model, self.card)
 
@@ -229,12 +227,12 @@ class FrameworkModel:
 class FrameworkStream:
     """A stream checkpoint run by its framework frame by frame."""
 
-    def __init__(self, choice: Choice):
+    def __init__(self, choice: Choice, threads: int = 0):
         from vidcli.backends import registry
 
         rec = choice.run.recipe
         self.card = choice.card
-        backend = registry.backend(rec.model.arch)
+        backend = _framework(choice, threads)
         spec = registry.spec(rec.model.arch)
         if not spec.is_stream(registry.check_recipe(rec)):
             from vidcli.streaming import not_stream
@@ -260,17 +258,28 @@ def open_model(choice: Choice, threads: int = 0):
         if choice.card.stream is not None:  # a stream export: each clip streamed frame by frame
             from vidcli.streaming import OnnxStream, StreamClips
 
-            return StreamClips(OnnxStream(choice.path))
+            return StreamClips(OnnxStream(choice.path, threads or 1))  # a frame is too little work to share
         from vidcli.inference import OnnxModel
 
         return OnnxModel(choice.path, threads)
-    return FrameworkModel(choice)
+    return FrameworkModel(choice, threads)
 
 
-def open_stream(choice: Choice, threads: int = 1):
-    """An object with `card`, `initial_states()` and `step(frame, states)`."""
+def open_stream(choice: Choice, threads: int | None = None):
+    """An object with `card`, `initial_states()` and `step(frame, states)`. `threads`: ONNX Runtime's (default 1:
+    one frame is too little work to share) or the framework's (default: its own)."""
     if choice.kind == "onnx":
         from vidcli.streaming import OnnxStream
 
-        return OnnxStream(choice.path, threads)
-    return FrameworkStream(choice)
+        return OnnxStream(choice.path, 1 if threads is None else threads)
+    return FrameworkStream(choice, threads or 0)
+
+
+def _framework(choice: Choice, threads: int):
+    """The checkpoint's backend, its thread count set first when one is asked for (0: the framework's own)."""
+    from vidcli.backends import registry
+
+    backend = registry.backend(choice.run.recipe.model.arch)
+    if threads:
+        backend.set_threads(threads)
+    return backend

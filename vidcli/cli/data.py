@@ -21,16 +21,20 @@ SYNTH_EXAMPLES = """Examples:
 
 @app.command("synth", epilog=SYNTH_EXAMPLES)
 def synth(
-    out: Path = typer.Option(Path("data/synth"), "--out", help="Dataset root to write."),
+    out: Path = typer.Option(None, "--out", help="Dataset root to write (default: data/synth; with --volumes: "
+                             "data/synth_volumes).", show_default=False),
     classes: int = typer.Option(
         6, "--classes", min=2, max=8,
-        help="Motion classes: the first N of left, right, up, down, grow, shrink, clockwise, counterclockwise.",
+        help="Motion classes: the first N of left, right, up, down, grow, shrink, clockwise, counterclockwise "
+             "(--volumes: shapes, at most 6).",
     ),
     train: int = typer.Option(64, "--train", min=1, help="Clips per class in train."),
     val: int = typer.Option(8, "--val", min=0, help="Clips per class in val."),
     test: int = typer.Option(16, "--test", min=0, help="Clips per class in test."),
-    frames: int = typer.Option(16, "--frames", min=2, help="Frames per clip."),
-    size: int = typer.Option(64, "--size", min=16, help="Frame height and width in pixels."),
+    frames: int = typer.Option(None, "--frames", min=2, help="Frames per clip (default 16; not with --volumes, "
+                               "which are size^3).", show_default=False),
+    size: int = typer.Option(None, "--size", min=16, help="Frame height and width in pixels (default 64; "
+                             "--volumes: the edge of the cube, default 28).", show_default=False),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed writes the same clips."),
     volumes: bool = typer.Option(False, "--volumes", help="Write 3D volumes (npz) instead of videos."),
     force: bool = typer.Option(False, "--force", help="Replace an existing dataset made with other settings."),
@@ -42,23 +46,26 @@ def synth(
         _synth(out, classes, train, val, test, frames, size, seed, volumes, force, as_json)
 
 
-def _synth(out: Path, classes: int, train: int, val: int, test: int, frames: int, size: int, seed: int,
-           volumes: bool, force: bool, as_json: bool) -> None:
+def _synth(out: Path | None, classes: int, train: int, val: int, test: int, frames: int | None, size: int | None,
+           seed: int, volumes: bool, force: bool, as_json: bool) -> None:
     from vidcli.datasets import synth as synth_mod
+    from vidcli.errors import VidcliError
 
     counts = {"train": train, "val": val, "test": test}
     if volumes:
+        if frames is not None:
+            raise VidcliError("--frames: volumes are cubes of --size voxels a side; there are no frames to set")
+        if classes > len(synth_mod.VOLUME_SHAPES):
+            raise VidcliError(f"--classes {classes}: --volumes has {len(synth_mod.VOLUME_SHAPES)} shapes "
+                              f"({', '.join(synth_mod.VOLUME_SHAPES)})")
         path = synth_mod.write_synth_volumes(
-            out if out != Path("data/synth") else Path("data/synth_volumes"),
-            classes=min(classes, len(synth_mod.VOLUME_SHAPES)),
-            counts=counts,
-            size=size if size != 64 else 28,
-            seed=seed,
+            out or Path("data/synth_volumes"), classes=classes, counts=counts, size=size or 28, seed=seed,
             force=force,
         )
     else:
         path = synth_mod.write_synth_videos(
-            out, classes=classes, counts=counts, frames=frames, size=size, seed=seed, force=force
+            out or Path("data/synth"), classes=classes, counts=counts, frames=frames or 16, size=size or 64,
+            seed=seed, force=force,
         )
     summary = {"path": str(path), "counts": counts, "seed": seed}
     if as_json:

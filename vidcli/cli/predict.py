@@ -114,8 +114,9 @@ def register(app: typer.Typer) -> None:
                                     "frame at a time (--json: one line per frame)."),
         batch: int = typer.Option(None, "--batch", min=1, help="Inputs per model call, decoded in parallel "
                                   "(default 8).", show_default=False),
-        threads: int = typer.Option(None, "--threads", min=0, help="ONNX Runtime threads per call (0: its default; "
-                                    "default: 1 with --stream, where one frame is too little work to share, else 0).",
+        threads: int = typer.Option(None, "--threads", min=0, help="Threads per model call, ONNX Runtime's or the "
+                                    "checkpoint's framework's (0: its default; default: 1 for a stream ONNX file, "
+                                    "where one frame is too little work to share, else 0).",
                                     show_default=False),
         live: bool = typer.Option(False, "--live", help="Treat http(s) URLs as live streams (without it: live when "
                                   "the server sends no Content-Length, an HLS playlist or a multipart stream)."),
@@ -129,8 +130,9 @@ def register(app: typer.Typer) -> None:
                                        "(exit 0).", show_default=False),
         timeout: float = typer.Option(10.0, "--timeout", min=0.1, help="Live: seconds without a frame that make a "
                                       "stall (also the wait for a URL to answer)."),
-        reconnect: int = typer.Option(3, "--reconnect", min=0, help="Live: reconnect tries after a stall or a lost "
-                                      "connection (counted again once frames flow)."),
+        reconnect: int = typer.Option(None, "--reconnect", min=0, help="Live: reconnect tries after a stall or a "
+                                      "lost connection (counted again once frames flow; default 3).",
+                                      show_default=False),
         quiet: bool = QUIET,
     ) -> None:
         """Classify clips: the top-k labels of each input, or of a live stream as it plays.
@@ -190,20 +192,21 @@ def register(app: typer.Typer) -> None:
             model = release_onnx(str(model)) or model  # a release name, e.g. movinet_a0_base
         choice = models.resolve(model, runs_dir)
         name = str(choice.path)
-        m = models.open_stream(choice, 1 if threads is None else threads) if stream \
-            else models.open_model(choice, threads or 0)
+        m = models.open_stream(choice, threads) if stream else models.open_model(choice, threads or 0)
         models.announce(choice)
         files, source = _classify(entries, camera, live, timeout)
         if source is not None:
             _predict_live(m, source, stream, as_json, name, top_k=top_k, window=window, stride=stride,
-                          duration=duration, timeout=timeout, reconnect=reconnect, clips=clips, index=index)
+                          duration=duration, timeout=timeout, reconnect=3 if reconnect is None else reconnect,
+                          clips=clips, index=index, batch=batch)
             return
-        given = [flag for flag, value in (("--window", window), ("--stride", stride), ("--duration", duration))
-                 if value is not None]
+        given = [flag for flag, value in (("--window", window), ("--stride", stride), ("--duration", duration),
+                                          ("--reconnect", reconnect)) if value is not None]
         if given:
             raise VidcliError(f"{', '.join(given)}: for live sources (stream URLs, --camera); these inputs are files")
         failures = total = 0
-        for result in _file_results(m, files, stream, as_json, name, top_k, clips, index, split, batch or 8):
+        for result in _file_results(m, files, stream, as_json, name, top_k, clips, index, split, batch or 8,
+                                    timeout):
             total += 1
             failures += "error" in result
             _emit(result, as_json)
@@ -212,7 +215,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _file_results(m, files: list, stream: bool, as_json: bool, name: str, top_k: int, clips: int,
-                  index: int | None, split: str, batch: int = 8):
+                  index: int | None, split: str, batch: int = 8, timeout: float = 60):
     """Results in input order; a file URL is downloaded into a temporary folder when its turn comes and
     reported under its URL."""
     import shutil
@@ -241,7 +244,7 @@ def _file_results(m, files: list, stream: bool, as_json: bool, name: str, top_k:
                 from vidcli import live as live_mod
 
                 try:
-                    path = live_mod.download(entry.url, Path(tmp))
+                    path = live_mod.download(entry.url, Path(tmp), timeout)
                 except VidcliError as exc:
                     error = str(exc)
             if error is not None:
@@ -254,7 +257,7 @@ def _file_results(m, files: list, stream: bool, as_json: bool, name: str, top_k:
 
 def _predict_live(m, source, stream: bool, as_json: bool, name: str, *, top_k: int, window: int | None,
                   stride: int | None, duration: float | None, timeout: float, reconnect: int, clips: int,
-                  index: int | None) -> None:
+                  index: int | None, batch: int | None = None) -> None:
     """Classify a live source until it ends, --duration passes or Ctrl-C (exit 130)."""
     import time
 
@@ -263,9 +266,11 @@ def _predict_live(m, source, stream: bool, as_json: bool, name: str, *, top_k: i
     from vidcli.console import log, warn
 
     try:
-        if clips != 1 or index is not None:
-            raise VidcliError("--clips and --index are for files; a live source is classified over a sliding "
-                              "window (--window, --stride)")
+        given = [flag for flag, value in (("--clips", clips != 1 or None), ("--index", index), ("--batch", batch))
+                 if value is not None]
+        if given:
+            raise VidcliError(f"{', '.join(given)}: for files; a live source is classified over a sliding "
+                              "window (--window, --stride), one prediction at a time")
         clf = live_mod.LiveClassifier(m, stream=stream, window=window, stride=stride, top=top_k, name=name,
                                       source=source.name)
         clf.warm_up()
