@@ -307,6 +307,7 @@ def test_bad_options(tmp_path):
     assert "--epochs, --cache: applies to --data only" in bench_error(str(run), "--epochs", "2", "--cache", "on")
     assert "--cache: expected one of both, on, off" in bench_error(str(run), "--data", "--cache", "maybe")
     assert "--runs" in bench_error(str(run), "--runs", "0")
+    assert "--runs and --seconds" in bench_error(str(run), "--runs", "3", "--seconds", "2")
 
 
 def test_untrained_run_and_bad_recipes(tmp_path):

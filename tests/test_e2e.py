@@ -182,6 +182,8 @@ def test_resume_of_a_finished_run_does_nothing(run_copy):
     assert "already done" in result.stderr
     assert (run_copy / "last.keras").stat().st_mtime_ns == before
     assert [int(r["epoch"]) for r in _history(run_copy)] == [1, 2]
+    elsewhere = runner.invoke(app, ["train", "--resume", str(run_copy), "--runs-dir", str(run_copy.parent)])
+    assert elsewhere.exit_code == 2 and "--resume continues the run folder it names" in elsewhere.stderr
 
 
 def _corrupt_copy(src: Path, dst: Path, n_bad: int) -> list[Path]:

@@ -144,6 +144,9 @@ def test_shards_partition_the_set_and_the_last_one_merges(kin, tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["merged"]["train"]["videos"] == 3
     assert (out / "train_list.txt").read_text() == (whole / "train_list.txt").read_text()
+    ignored = CliRunner().invoke(_app(), ["kinetics-frames", "--out", str(out), "--merge", "--quality", "50",
+                                          "--shard", "0/2"])
+    assert "--quality, --shard: not used with --merge" in str(ignored.exception)  # exit 2 from the main app
 
 
 def test_merge_names_unfinished_shards(tmp_path):

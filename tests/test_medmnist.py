@@ -249,6 +249,9 @@ def test_cli_imports_a_file_and_reports_user_errors(tmp_path, monkeypatch):
     out = tmp_path / "out"
     ok = CliRunner().invoke(_cli(), ["medmnist", "--name", "fracturemnist3d", "--file", str(src), "--out", str(out)])
     assert ok.exit_code == 0 and "fracturemnist3d_28.npz" in ok.stdout
+    both = CliRunner().invoke(_cli(), ["medmnist", "--name", "fracturemnist3d", "--file", str(src), "--url",
+                                       "http://127.0.0.1:9/x.npz", "--out", str(tmp_path / "other")])
+    assert "--file and --url" in str(both.exception) and not (tmp_path / "other").exists()
     for option, value in (("--name", "nosuchset"), ("--size", "32")):
         bad = CliRunner().invoke(_cli(), ["medmnist", option, value, "--out", str(out)])
         assert bad.exit_code == 2 and f"'{value}' is not one of" in bad.output

@@ -75,6 +75,8 @@ def register(app: typer.Typer) -> None:
                 raise VidcliError(f"{', '.join(given)}: applies to --data only")
         if runs_dir is not None and model is not None:
             raise VidcliError("--runs-dir is where the default run is looked for; a model was given")
+        if runs is not None and seconds is not None:
+            raise VidcliError("--runs and --seconds: time each row by a number of calls or by seconds, not both")
         target = benchmarking.resolve(model, runs_dir or Path("runs"), set_, classes)
         if data:
             result = benchmarking.benchmark_data(target, batches, epochs=epochs or 3, cache=(cache or "both").lower(),

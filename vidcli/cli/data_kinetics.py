@@ -44,7 +44,9 @@ def kinetics_frames(
     height: Annotated[
         int | None, typer.Option("--height", help="Resize to this height instead (the reference's scale=-1:H).")
     ] = None,
-    quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG quality.")] = 90,
+    quality: Annotated[
+        int | None, typer.Option("--quality", min=1, max=100, help="JPEG quality.", show_default="90")
+    ] = None,
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, help="Worker processes.", show_default="CPU cores")
     ] = None,
@@ -68,12 +70,18 @@ def kinetics_frames(
 
 
 def _kinetics_frames(src: Path | None, out: Path, split: str | None, csv: Path | None, short_side: int | None,
-                     height: int | None, quality: int, workers: int | None, shard: str | None, merge: bool,
+                     height: int | None, quality: int | None, workers: int | None, shard: str | None, merge: bool,
                      as_json: bool) -> None:
     from vidcli.datasets import kinetics
     from vidcli.errors import VidcliError
 
     if merge:
+        given = [flag for flag, value in (("SRC", src), ("--csv", csv), ("--short-side", short_side),
+                                          ("--height", height), ("--quality", quality), ("--workers", workers),
+                                          ("--shard", shard)) if value is not None]
+        if given:
+            raise VidcliError(f"{', '.join(given)}: not used with --merge, which only joins the list files the "
+                              "shards in --out wrote")
         summary = _merge(out, split)
     else:
         if src is None:
@@ -85,7 +93,7 @@ def _kinetics_frames(src: Path | None, out: Path, split: str | None, csv: Path |
             csv=csv,
             short_side=short_side,
             height=height,
-            quality=quality,
+            quality=90 if quality is None else quality,
             workers=workers if workers is not None else kinetics.default_workers(),
             shard=kinetics.parse_shard(shard) if shard is not None else None,
         )

@@ -18,7 +18,8 @@ def register(app: typer.Typer) -> None:
         resume: Path = typer.Option(
             None, "--resume", help="Continue an interrupted run folder from its last checkpoint."
         ),
-        runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where run folders are made."),
+        runs_dir: Path = typer.Option(None, "--runs-dir", help="Where run folders are made (default: runs).",
+                                      show_default=False),
         as_json: bool = typer.Option(False, "--json", help="Print the run's final state as JSON to stdout."),
         quiet: bool = QUIET,
     ) -> None:
@@ -36,8 +37,11 @@ loss became NaN); 2 bad recipe or data; 130 interrupted (resume with --resume).
           torchrun --nproc-per-node 2 -m vidcli train recipes/tsm_quickstart.yaml
         """
         from vidcli import training
+        from vidcli.errors import VidcliError
 
-        run = training.train(recipe, set_, resume, runs_dir)
+        if resume is not None and runs_dir is not None:
+            raise VidcliError("--runs-dir is where new runs are made; --resume continues the run folder it names")
+        run = training.train(recipe, set_, resume, runs_dir or Path("runs"))
         if run is None:  # a distributed run's non-chief process: the chief wrote the run folder
             return
         state = run.state

@@ -104,6 +104,8 @@ def fetch_medmnist(
     The file is checked against the official MD5 even when it comes from `file` or a mirror `url`,
     because a wrong or truncated copy only shows up later as a confusing training failure.
     """
+    if file is not None and url is not None:
+        raise VidcliError("--file and --url: one source or the other (a local copy, or a mirror to download from)")
     info = dataset_info(name, size)
     name = name.strip().lower()
     npz, sidecar = paths(name, size, out)
