@@ -73,6 +73,30 @@ def tiny_recipe_dict(data_root: Path, epochs: int = 2, **train) -> dict:
     }
 
 
+def plain_onnx_model(path: Path, labels: list[str], input_name: str = "video") -> Path:
+    """An instant framework-free clip model with vidcli metadata, for error paths: the mean over time and space
+    of 4 RGB frames of 32x32, so its 3 logits are the colour channels' means (3 labels)."""
+    import json
+
+    import onnx
+
+    helper = onnx.helper
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", [input_name], ["logits"], axes=[1, 2, 3], keepdims=0)], "g",
+        [helper.make_tensor_value_info(input_name, onnx.TensorProto.FLOAT, [None, 4, 32, 32, 3])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [None, 3])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    meta = {"labels": json.dumps(labels), "frames": "4", "frame_step": "2", "size": "[32, 32]",
+            "channels": "3", "normalization": json.dumps({"scale": 1 / 255, "mean": [0, 0, 0], "std": [1, 1, 1]})}
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, path)
+    return path
+
+
 def write_recipe(path: Path, raw: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
-import onnx
 import pytest
-from conftest import VIDEOS, env, one_error_line
+from conftest import VIDEOS, env, one_error_line, plain_onnx_model
 from httpserver import FileServer
 from typer.testing import CliRunner
 
@@ -70,23 +69,7 @@ def live_models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def plain_onnx(tmp_path_factory) -> Path:
-    """An instant framework-free clip model (mean over time and space) with vidcli metadata, for error paths."""
-    helper = onnx.helper
-    graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["video"], ["logits"], axes=[1, 2, 3], keepdims=0)], "g",
-        [helper.make_tensor_value_info("video", onnx.TensorProto.FLOAT, [None, 4, 32, 32, 3])],
-        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [None, 3])],
-    )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    proto.ir_version = 8
-    meta = {"labels": json.dumps(["red", "green", "blue"]), "frames": "4", "frame_step": "2", "size": "[32, 32]",
-            "channels": "3", "normalization": json.dumps({"scale": 1 / 255, "mean": [0, 0, 0], "std": [1, 1, 1]})}
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    path = tmp_path_factory.mktemp("plain") / "plain.onnx"
-    onnx.save(proto, path)
-    return path
+    return plain_onnx_model(tmp_path_factory.mktemp("plain") / "plain.onnx", ["red", "green", "blue"])
 
 
 # -- senders ---------------------------------------------------------------------------------------------

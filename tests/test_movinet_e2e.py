@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import fixture_path
+from conftest import fixture_path, plain_onnx_model
 from typer.testing import CliRunner
 
 from vidcli import recipe as recipe_mod
@@ -189,21 +189,7 @@ def test_stale_cache_file_from_an_interrupted_copy_is_replaced(cache):
 
 def _plain_onnx(path: Path) -> Path:
     """A tiny non-stream ONNX classifier with vidcli metadata (what exporting a base model gives)."""
-    helper = onnx.helper
-    graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["image"], ["logits"], axes=[1, 2, 3], keepdims=0)], "g",
-        [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [None, 4, 32, 32, 3])],
-        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [None, 3])],
-    )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    proto.ir_version = 8
-    meta = {"labels": json.dumps(["a", "b", "c"]), "frames": "4", "frame_step": "2", "size": "[32, 32]",
-            "channels": "3", "normalization": json.dumps({"scale": 1 / 255, "mean": [0, 0, 0], "std": [1, 1, 1]})}
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(proto, path)
-    return path
+    return plain_onnx_model(path, ["a", "b", "c"], input_name="image")
 
 
 def test_stream_predict_refuses_a_base_model(tmp_path, testdata):
