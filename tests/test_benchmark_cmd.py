@@ -103,18 +103,11 @@ def test_parse_formats_follows_the_model():
         benchmarking.parse_formats("torchh", tsm)
 
 
-def test_time_calls_and_batches_count_what_they_should():
+def test_time_calls_counts_what_it_should():
     calls = []
     times = benchmarking.time_calls(lambda: calls.append(1), warmup=2, runs_=3, seconds=None)
     assert len(calls) == 5 and len(times) == 3 and all(t >= 0 for t in times)
     assert len(benchmarking.time_calls(lambda: None, warmup=0, runs_=100, seconds=1e-6)) >= 1
-
-    def sizes():
-        while True:
-            yield from (4, 4, 2)
-
-    times, clips = benchmarking.time_batches(sizes(), warmup=1, runs_=4, seconds=None)
-    assert len(times) == 4 and clips == 4 + 2 + 4 + 4
 
 
 def test_volume_shape_without_data(tmp_path):

@@ -21,7 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,16 +266,15 @@ def onnx_session(path: Path, threads: int, device: str):
     """ONNX Runtime on its CUDA provider when asked for or, with `auto`, when the installed build has it."""
     import onnxruntime as ort
 
+    from vidcli.inference import open_session
+
     available = ort.get_available_providers()
     if device == "cuda" and "CUDAExecutionProvider" not in available:
         raise VidcliError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
     providers = ["CPUExecutionProvider"]
     if device != "cpu" and "CUDAExecutionProvider" in available:
         providers.insert(0, "CUDAExecutionProvider")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), opts, providers=providers)
+    session, _ = open_session(path, threads, providers)
     got = "cuda:0" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
     _check_device(device, got, "onnxruntime")
     return session, got
@@ -380,20 +379,6 @@ def _max_diff(out: np.ndarray, reference: np.ndarray) -> float:
 
 
 # -- input pipeline ---------------------------------------------------------------------------------
-
-
-def time_batches(batches: Iterator[int], warmup: int, runs_: int, seconds: float | None) -> tuple[list[float], int]:
-    """Seconds each timed batch took to arrive (after `warmup` untimed ones), and the clips they held."""
-    for _ in range(warmup):
-        next(batches)
-    times: list[float] = []
-    clips = 0
-    end = time.perf_counter() + seconds if seconds else None
-    while (len(times) < runs_) if end is None else (not times or time.perf_counter() < end):
-        t0 = time.perf_counter()
-        clips += next(batches)
-        times.append(time.perf_counter() - t0)
-    return times, clips
 
 
 CACHE_MODES = ("both", "on", "off")

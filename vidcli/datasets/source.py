@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from vidcli.errors import VidcliError
+from vidcli.modelcard import CROP_RATIO
 
 
 @dataclass
@@ -39,6 +40,14 @@ class Source:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def class_weights(self, mode: str) -> np.ndarray | None:
+        """train.class_weights: `balanced` weighs each class by n / (classes * its count) (0 for an absent one)."""
+        if mode != "balanced":
+            return None
+        counts = np.bincount(self.labels, minlength=len(self.classes)).astype(np.float64)
+        w = np.where(counts > 0, len(self.labels) / (len(self.classes) * np.maximum(counts, 1)), 0.0)
+        return w.astype(np.float32)
 
     def name(self, i: int) -> str:
         item = self.items[i]
@@ -117,13 +126,11 @@ def view_problem(kind: str, sampling: str, clips: int, crops: int) -> str | None
     return None
 
 
-def _class_subset(classes: list[str], wanted: list[str] | None) -> list[str]:
-    if not wanted:
-        return classes
-    missing = [c for c in wanted if c not in classes]
-    if missing:
-        raise VidcliError(f"classes not in the dataset: {', '.join(missing)}")
-    return list(wanted)
+def epoch_plan(n: int, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sample order and per-sample seeds of one epoch: a function of (seed, epoch) only, so a resumed run, and
+    either backend, sees exactly the data an uninterrupted one would have seen."""
+    rng = np.random.default_rng([seed, epoch])
+    return rng.permutation(n).astype(np.int64), rng.integers(0, 2**31 - 1, size=n, dtype=np.int64)
 
 
 def open_source(data, split: str, classes: list[str] | None = None) -> Source:
@@ -181,7 +188,6 @@ def frame_cache(data):
 
 # TSM's sampling: `segments` frames, one per equal segment (or `dense`: a fixed stride), resized to cover
 # the model size times CROP_RATIO (the reference's 256 for 224) and cropped, never padded.
-CROP_RATIO = 256 / 224
 SCALES = (1.0, 0.875, 0.75, 0.66)
 CROPS = (1, 3, 10)
 

@@ -52,7 +52,7 @@ class FamilySpec:
     formats: tuple[str, ...] = ("videos", "frames")  # data.format values it reads
     pretrained: str | None = None  # what model.pretrained takes, in words; None: no pretrained weights
     stream: Callable[[Any], bool] = lambda params: False  # params -> a model fed one frame per call
-    stream_module: str | None = None  # framework module with stream_onnx(model, card, opset) and a Stream class
+    stream_module: str | None = None  # framework module: stream_onnx(model, card, opset), stream_runner(model, card)
     loader: str | None = None  # framework module with load_pretrained(model, source, params), head_classes(source)
     labels_of: Callable[[str], str | None] = lambda source: None  # pretrained source -> a `vidcli.labels` list
     releases: Callable[[str], dict | None] = lambda name: None  # a release name -> a recipe to run it zero-shot

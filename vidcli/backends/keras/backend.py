@@ -65,14 +65,6 @@ def compile_model(model: keras.Model, train: recipe_mod.TrainConfig) -> None:
     )
 
 
-def class_weights(source: Source, mode: str) -> np.ndarray | None:
-    if mode != "balanced":
-        return None
-    counts = np.bincount(source.labels, minlength=len(source.classes)).astype(np.float64)
-    w = np.where(counts > 0, len(source.labels) / (len(source.classes) * np.maximum(counts, 1)), 0.0)
-    return w.astype(np.float32)
-
-
 def save(model: keras.Model, path: Path, state: dict) -> None:
     """The model, its optimizer and the run state in one `.keras` file, renamed into place when complete."""
     with fsio.atomic_path(path, suffix=".keras") as tmp:
@@ -238,7 +230,7 @@ class KerasBackend(Backend):
                 kdist.synchronise_batch_norm(model)
         if eng.all_done():
             return eng.finish(len(train_src.failed))
-        cw = class_weights(train_src, rec.train.class_weights)
+        cw = train_src.class_weights(rec.train.class_weights)
         val_errors: list = []
         cb = RunCallback(eng, train_src, val_errors)
         callbacks: list = [cb]  # TensorBoard scalars come from the epoch engine, the same for every backend

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from vidcli.console import warn
-from vidcli.datasets.source import Source
+from vidcli.datasets.source import Source, epoch_plan
 from vidcli.errors import VidcliError
 
 
@@ -141,13 +141,6 @@ def parallelism(workers: int) -> int:
 
 def _to_float(x):
     return tf.cast(x, tf.float32) / 255.0
-
-
-def epoch_plan(n: int, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sample order and per-sample seeds of one epoch: a function of (seed, epoch) only, so a resumed
-    run sees exactly the data an uninterrupted one would have seen."""
-    rng = np.random.default_rng([seed, epoch])
-    return rng.permutation(n).astype(np.int64), rng.integers(0, 2**31 - 1, size=n, dtype=np.int64)
 
 
 def train_loader(source: Source):

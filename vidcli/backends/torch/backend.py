@@ -294,14 +294,6 @@ def _model_from(ck: dict) -> nn.Module:
     return model
 
 
-def class_weights(source: Source, mode: str) -> torch.Tensor | None:
-    if mode != "balanced":
-        return None
-    counts = np.bincount(source.labels, minlength=len(source.classes)).astype(np.float64)
-    w = np.where(counts > 0, len(source.labels) / (len(source.classes) * np.maximum(counts, 1)), 0.0)
-    return torch.tensor(w, dtype=torch.float32)
-
-
 class _Trainer:
     def __init__(self, run: Run | None, rec: recipe_mod.Recipe, train_src: Source, val_src: Source | None,
                  comm: Comm):
@@ -318,8 +310,8 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)  # bf16 needs no scaling
         self.channels_last = rec.train.channels_last
         self.dataset = tdata.TrainClips(train_src, rec.train.seed, comm.rank, comm.world)
-        cw = class_weights(train_src, rec.train.class_weights)
-        self.cw = cw.to(self.dev) if cw is not None else None
+        cw = train_src.class_weights(rec.train.class_weights)
+        self.cw = torch.from_numpy(cw).to(self.dev) if cw is not None else None
         self.spec = registry.spec(rec.model.arch)
         self.card = self.spec.card(rec, train_src.classes, train_src.sample_shape)
         self.engine: engine_mod.EpochEngine | None = None

@@ -17,13 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vidcli.datasets.source import Source
+from vidcli.datasets.source import Source, epoch_plan
 from vidcli.errors import VidcliError
-
-
-def epoch_plan(n: int, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng([seed, epoch])
-    return rng.permutation(n).astype(np.int64), rng.integers(0, 2**31 - 1, size=n, dtype=np.int64)
 
 
 def shard(n: int, rank: int, world: int) -> tuple[np.ndarray, np.ndarray]:

@@ -15,9 +15,6 @@ from vidcli.backends.torch.resnet import LAYERS_50, ResNet
 from vidcli.errors import VidcliError
 from vidcli.families.tsm import BACKBONES, CONSENSUS, SHIFT_PLACES, TsmParams, validate  # noqa: F401
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-
 
 def temporal_shift(x: torch.Tensor, n_segment: int, fold_div: int = 8) -> torch.Tensor:
     """Shift 1/fold_div of the channels one frame back in time and 1/fold_div forward, zero-filling the ends.
