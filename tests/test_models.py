@@ -201,3 +201,31 @@ def test_threads_reach_a_checkpoint_run_by_its_framework(run_copy, tiny_data, mo
     assert result.exit_code == 0, result.stderr
     assert asked == [1]
     assert runner.invoke(app, args).exit_code == 0 and asked == [1]  # unset: the framework's own pools
+
+
+def test_keras_weight_decay_spares_vectors_in_a_fresh_and_a_resumed_run(tiny_data, tmp_path):
+    """As the PyTorch backend: decay on weights, not on biases and normalisation parameters, also after resume."""
+    import numpy as np
+
+    from vidcli import recipe as recipe_mod
+    from vidcli.backends.keras.backend import KerasBackend, compile_model, save
+
+    path = write_recipe(tmp_path / "wd.yaml", tiny_recipe_dict(tiny_data, epochs=1, learning_rate=0.1,
+                                                               weight_decay=0.5))
+    rec = recipe_mod.load(path)
+    backend = KerasBackend()
+
+    def step_decays_only_weights(model):
+        before = [np.array(v) for v in model.trainable_variables]
+        model.optimizer.apply_gradients([(np.zeros(v.shape, np.float32), v) for v in model.trainable_variables])
+        for v, b in zip(model.trainable_variables, before, strict=True):
+            factor = 1.0 if len(v.shape) <= 1 else 1 - 0.1 * 0.5  # AdamW: w -= lr * wd * w; zero grads move nothing
+            np.testing.assert_allclose(np.array(v), b * factor, rtol=1e-5, atol=1e-7, err_msg=v.path)
+
+    fresh = backend.build(rec, 3, (4, 32, 32, 3))
+    compile_model(fresh, rec.train)
+    step_decays_only_weights(fresh)
+    save(fresh, tmp_path / "last.keras", {"epoch": 1})
+    resumed = backend.resume_model(tmp_path / "last.keras", rec, 3)
+    assert int(resumed.optimizer.iterations.numpy()) == 1  # the saved optimizer state, loaded in
+    step_decays_only_weights(resumed)

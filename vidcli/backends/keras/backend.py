@@ -46,7 +46,8 @@ def setup(train: recipe_mod.TrainConfig) -> None:
 
 def optimizer(train: recipe_mod.TrainConfig) -> keras.optimizers.Optimizer:
     """Adam (AdamW with weight decay) or SGD with momentum; `clip_grad_norm` clips the global gradient norm.
-    Keras applies weight decay decoupled (w -= lr * wd * w), for SGD as for AdamW."""
+    Keras applies weight decay decoupled (w -= lr * wd * w), for SGD as for AdamW; `compile_model` keeps it off
+    biases and normalisation scales, as the PyTorch backend does."""
     kw = {"global_clipnorm": train.clip_grad_norm} if train.clip_grad_norm else {}
     lr = recipe_mod.learning_rate_at(train, 0)
     if train.optimizer == "sgd":
@@ -57,12 +58,17 @@ def optimizer(train: recipe_mod.TrainConfig) -> keras.optimizers.Optimizer:
 
 
 def compile_model(model: keras.Model, train: recipe_mod.TrainConfig) -> None:
+    """A fresh optimizer for `model`, built (so a checkpoint's optimizer state can be loaded into it)."""
+    opt = optimizer(train)
+    if train.weight_decay:  # not on vectors (biases, norm scales and offsets, ReZero scalars): weights only
+        opt.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if len(v.shape) <= 1])
     model.compile(
-        optimizer=optimizer(train),
+        optimizer=opt,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         jit_compile=train.xla,
     )
+    model.optimizer.build(model.trainable_variables)
 
 
 def save(model: keras.Model, path: Path, state: dict) -> None:
@@ -158,7 +164,8 @@ class KerasBackend(Backend):
             model = keras.Model(inputs, outputs, name=model.name)
         return model
 
-    def load(self, path, rec, num_classes):
+    def load(self, path, rec, num_classes, compile: bool = True):
+        """The checkpoint's model, with its optimizer (`compile`) as saved, or none."""
         _register(rec.model.arch)
         if not path.is_file():
             raise VidcliError(f"{path}: checkpoint not found")
@@ -170,7 +177,7 @@ class KerasBackend(Backend):
         # classifier) are rebuilt under the global policy, and float16 next to float32 does not load.
         keras.mixed_precision.set_global_policy(rec.train.precision)
         try:
-            model = keras.saving.load_model(path, compile=True)
+            model = keras.saving.load_model(path, compile=compile)
         except (OSError, ValueError, zipfile.BadZipFile) as exc:
             raise VidcliError(f"{path}: cannot load checkpoint ({str(exc).splitlines()[0]})") from exc
         finally:
@@ -178,6 +185,14 @@ class KerasBackend(Backend):
         out = int(model.output.shape[-1])
         if out != num_classes:
             raise VidcliError(f"{path}: the model has {out} outputs, the run {num_classes} labels")
+        return model
+
+    def resume_model(self, path, rec, num_classes):
+        """The checkpoint's model with a fresh optimizer as the recipe makes it (so what is not serialised, such
+        as the variables kept out of weight decay, holds again), the saved weights and optimizer state loaded in."""
+        model = self.load(path, rec, num_classes, compile=False)
+        compile_model(model, rec.train)
+        model.load_weights(path)
         return model
 
     def checkpoint_state(self, path):
@@ -213,7 +228,7 @@ class KerasBackend(Backend):
             model_info=model_info(rec, params, num_classes, train_src.sample_shape))
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             if resume and last.is_file():
-                model = self.load(last, rec, num_classes)
+                model = self.resume_model(last, rec, num_classes)
                 state = read_state(last) or engine_mod.legacy_state(
                     run, int(model.optimizer.iterations.numpy()) // steps)
                 first_epoch = eng.begin(state)
@@ -221,7 +236,6 @@ class KerasBackend(Backend):
             else:
                 model = self.build(rec, num_classes, train_src.sample_shape)
                 compile_model(model, rec.train)
-                model.optimizer.build(model.trainable_variables)
                 first_epoch = eng.begin(None)
         if rec.train.sync_bn:
             if strategy is None or strategy.num_replicas_in_sync == 1:
