@@ -252,17 +252,18 @@ class FrameworkStream:
         return self._stream.step(frame, states)
 
 
-def open_model(choice: Choice, threads: int = 0):
-    """A callable float input -> logits with a `card`."""
+def open_model(choice: Choice, threads: int | None = None):
+    """A callable float input -> logits with a `card`. `threads`: ONNX Runtime's (default: its own; a stream file
+    used as a clip model: 1) or the framework's (default: its own)."""
     if choice.kind == "onnx":
         if choice.card.stream is not None:  # a stream export: each clip streamed frame by frame
             from vidcli.streaming import OnnxStream, StreamClips
 
-            return StreamClips(OnnxStream(choice.path, threads or 1))  # a frame is too little work to share
+            return StreamClips(OnnxStream(choice.path, 1 if threads is None else threads))  # a frame is little work
         from vidcli.inference import OnnxModel
 
-        return OnnxModel(choice.path, threads)
-    return FrameworkModel(choice, threads)
+        return OnnxModel(choice.path, threads or 0)
+    return FrameworkModel(choice, threads or 0)
 
 
 def open_stream(choice: Choice, threads: int | None = None):

@@ -192,7 +192,7 @@ def register(app: typer.Typer) -> None:
             model = release_onnx(str(model)) or model  # a release name, e.g. movinet_a0_base
         choice = models.resolve(model, runs_dir)
         name = str(choice.path)
-        m = models.open_stream(choice, threads) if stream else models.open_model(choice, threads or 0)
+        m = models.open_stream(choice, threads) if stream else models.open_model(choice, threads)
         models.announce(choice)
         files, source = _classify(entries, camera, live, timeout)
         if source is not None:
