@@ -283,3 +283,20 @@ def test_bad_input_raises_vidcli_error(call, message):
 def test_integral_float_and_bool_labels_are_accepted():
     cm = metrics.confusion_matrix(np.array([0.0, 1.0, 1.0]), np.array([True, True, False]), 2)
     np.testing.assert_array_equal(cm, [[0, 1], [1, 1]])
+
+
+def test_balanced_class_weights_match_sklearn_and_spare_absent_classes():
+    from types import SimpleNamespace
+
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from vidcli.datasets.source import class_weights
+
+    labels = np.array([0, 0, 0, 1, 2, 2, 4])  # class 3 absent
+    split = SimpleNamespace(labels=labels, classes=["a", "b", "c", "d", "e"])
+    w = class_weights(split, "balanced")
+    present = np.array([0, 1, 2, 4])
+    expected = compute_class_weight("balanced", classes=present, y=labels) * len(present) / 5
+    np.testing.assert_allclose(w[present], expected, rtol=1e-6)
+    assert w[3] == 0 and w.dtype == np.float32
+    assert class_weights(split, "none") is None

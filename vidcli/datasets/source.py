@@ -41,14 +41,6 @@ class Source:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def class_weights(self, mode: str) -> np.ndarray | None:
-        """train.class_weights: `balanced` weighs each class by n / (classes * its count) (0 for an absent one)."""
-        if mode != "balanced":
-            return None
-        counts = np.bincount(self.labels, minlength=len(self.classes)).astype(np.float64)
-        w = np.where(counts > 0, len(self.labels) / (len(self.classes) * np.maximum(counts, 1)), 0.0)
-        return w.astype(np.float32)
-
     def name(self, i: int) -> str:
         item = self.items[i]
         return str(item) if isinstance(item, (str, Path)) else f"{self.extra.get('file', 'volume')}[{i}]"
@@ -124,6 +116,16 @@ def view_problem(kind: str, sampling: str, clips: int, crops: int) -> str | None
     if crops not in CROPS:
         return f"--crops must be one of {', '.join(map(str, CROPS))}, got {crops}"
     return None
+
+
+def class_weights(source, mode: str) -> np.ndarray | None:
+    """train.class_weights of a split (anything with `labels` and `classes`): `balanced` weighs each class by
+    n / (classes * its count), 0 for an absent one; `none`: None."""
+    if mode != "balanced":
+        return None
+    counts = np.bincount(source.labels, minlength=len(source.classes)).astype(np.float64)
+    w = np.where(counts > 0, len(source.labels) / (len(source.classes) * np.maximum(counts, 1)), 0.0)
+    return w.astype(np.float32)
 
 
 def epoch_plan(n: int, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:

@@ -29,7 +29,7 @@ from vidcli.backends.base import Backend, Forward, Stream  # noqa: E402
 from vidcli.backends.keras import data as kdata  # noqa: E402
 from vidcli.backends.keras import distribute as kdist  # noqa: E402
 from vidcli.console import log, progress, warn  # noqa: E402
-from vidcli.datasets.source import Source  # noqa: E402
+from vidcli.datasets.source import Source, class_weights  # noqa: E402
 from vidcli.errors import VidcliError  # noqa: E402
 from vidcli.modelcard import INPUT, OUTPUT, ModelCard, StreamSpec  # noqa: E402
 
@@ -244,7 +244,7 @@ class KerasBackend(Backend):
                 kdist.synchronise_batch_norm(model)
         if eng.all_done():
             return eng.finish(len(train_src.failed))
-        cw = train_src.class_weights(rec.train.class_weights)
+        cw = class_weights(train_src, rec.train.class_weights)
         val_errors: list = []
         cb = RunCallback(eng, train_src, val_errors)
         callbacks: list = [cb]  # TensorBoard scalars come from the epoch engine, the same for every backend

@@ -40,7 +40,7 @@ from vidcli.backends.base import Backend, Forward, Stream
 from vidcli.backends.torch import data as tdata
 from vidcli.backends.torch.tsm_import import read_checkpoint
 from vidcli.console import Advance, log, progress, warn
-from vidcli.datasets.source import Source
+from vidcli.datasets.source import Source, class_weights
 from vidcli.errors import VidcliError
 from vidcli.modelcard import INPUT, OUTPUT, ModelCard, StreamSpec
 from vidcli.runs import Run
@@ -310,7 +310,7 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)  # bf16 needs no scaling
         self.channels_last = rec.train.channels_last
         self.dataset = tdata.TrainClips(train_src, rec.train.seed, comm.rank, comm.world)
-        cw = train_src.class_weights(rec.train.class_weights)
+        cw = class_weights(train_src, rec.train.class_weights)
         self.cw = torch.from_numpy(cw).to(self.dev) if cw is not None else None
         self.spec = registry.spec(rec.model.arch)
         self.card = self.spec.card(rec, train_src.classes, train_src.sample_shape)
