@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from vidcli.cli.common import QUIET
+from vidcli.cli.common import QUIET, refuse_given
 
 
 def register(app: typer.Typer) -> None:
@@ -62,17 +62,12 @@ def register(app: typer.Typer) -> None:
         batches = benchmarking.parse_batches(batch) if batch is not None else None
         device = benchmarking.parse_device(device) if device is not None else None
         if data:
-            unused = [name for name, value in (("--formats", formats), ("--threads", threads), ("--device", device),
-                                               ("--classes", classes), ("--warmup", warmup), ("--runs", runs),
-                                               ("--seconds", seconds)) if value is not None]
-            if unused:
-                raise VidcliError(f"{', '.join(unused)}: not used with --data, which times whole epochs of the "
-                                  "input pipeline (--epochs)")
+            refuse_given({"--formats": formats, "--threads": threads, "--device": device, "--classes": classes,
+                          "--warmup": warmup, "--runs": runs, "--seconds": seconds},
+                         "not used with --data, which times whole epochs of the input pipeline (--epochs)")
         else:
-            given = [name for name, value in (("--workers", workers), ("--epochs", epochs), ("--cache", cache),
-                                              ("--cache-dir", cache_dir)) if value is not None]
-            if given:
-                raise VidcliError(f"{', '.join(given)}: applies to --data only")
+            refuse_given({"--workers": workers, "--epochs": epochs, "--cache": cache, "--cache-dir": cache_dir},
+                         "applies to --data only")
         if runs_dir is not None and model is not None:
             raise VidcliError("--runs-dir is where the default run is looked for; a model was given")
         if runs is not None and seconds is not None:

@@ -25,6 +25,15 @@ QUIET = typer.Option(False, "--quiet", "-q", callback=_quiet,
 JSON = typer.Option(False, "--json", help="Print JSON to stdout (nothing else goes there).")
 
 
+def refuse_given(options: dict[str, object], why: str) -> None:
+    """Options that would do nothing here, refused in one line naming those given (not None): `--a, --b: why`."""
+    given = [flag for flag, value in options.items() if value is not None]
+    if given:
+        from vidcli.errors import VidcliError
+
+        raise VidcliError(f"{', '.join(given)}: {why}")
+
+
 def drop_stdout() -> None:
     """Point stdout at /dev/null so the interpreter's last flush does not fail again on the closed pipe."""
     import os

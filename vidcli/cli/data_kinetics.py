@@ -76,12 +76,11 @@ def _kinetics_frames(src: Path | None, out: Path, split: str | None, csv: Path |
     from vidcli.errors import VidcliError
 
     if merge:
-        given = [flag for flag, value in (("SRC", src), ("--csv", csv), ("--short-side", short_side),
-                                          ("--height", height), ("--quality", quality), ("--workers", workers),
-                                          ("--shard", shard)) if value is not None]
-        if given:
-            raise VidcliError(f"{', '.join(given)}: not used with --merge, which only joins the list files the "
-                              "shards in --out wrote")
+        from vidcli.cli.common import refuse_given
+
+        refuse_given({"SRC": src, "--csv": csv, "--short-side": short_side, "--height": height, "--quality": quality,
+                      "--workers": workers, "--shard": shard},
+                     "not used with --merge, which only joins the list files the shards in --out wrote")
         summary = _merge(out, split)
     else:
         if src is None:

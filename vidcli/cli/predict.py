@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from vidcli.cli.common import QUIET, Split, drop_stdout
+from vidcli.cli.common import QUIET, Split, drop_stdout, refuse_given
 from vidcli.errors import BAD_INPUT, INTERRUPTED, PARTIAL, VidcliError
 
 
@@ -175,11 +175,8 @@ def register(app: typer.Typer) -> None:
         from vidcli import models
 
         if stream:  # one frame at a time from the start of each input: these have nothing to act on
-            given = [flag for flag, value in (("--clips", clips != 1 or None), ("--batch", batch),
-                                              ("--index", index)) if value is not None]
-            if given:
-                raise VidcliError(f"{', '.join(given)}: not used with --stream, which feeds every frame of each "
-                                  "video to the stream model in turn")
+            refuse_given({"--clips": clips != 1 or None, "--batch": batch, "--index": index},
+                         "not used with --stream, which feeds every frame of each video to the stream model in turn")
         if runs_dir is not None and model is not None:
             raise VidcliError("--runs-dir is where the default model is looked for; --model names the model")
         if split is not None and index is None:
@@ -200,10 +197,8 @@ def register(app: typer.Typer) -> None:
                           duration=duration, timeout=timeout, reconnect=3 if reconnect is None else reconnect,
                           clips=clips, index=index, batch=batch)
             return
-        given = [flag for flag, value in (("--window", window), ("--stride", stride), ("--duration", duration),
-                                          ("--reconnect", reconnect)) if value is not None]
-        if given:
-            raise VidcliError(f"{', '.join(given)}: for live sources (stream URLs, --camera); these inputs are files")
+        refuse_given({"--window": window, "--stride": stride, "--duration": duration, "--reconnect": reconnect},
+                     "for live sources (stream URLs, --camera); these inputs are files")
         failures = total = 0
         for result in _file_results(m, files, stream, as_json, name, top_k, clips, index, split, batch or 8,
                                     timeout):
@@ -266,11 +261,9 @@ def _predict_live(m, source, stream: bool, as_json: bool, name: str, *, top_k: i
     from vidcli.console import log, warn
 
     try:
-        given = [flag for flag, value in (("--clips", clips != 1 or None), ("--index", index), ("--batch", batch))
-                 if value is not None]
-        if given:
-            raise VidcliError(f"{', '.join(given)}: for files; a live source is classified over a sliding "
-                              "window (--window, --stride), one prediction at a time")
+        refuse_given({"--clips": clips != 1 or None, "--index": index, "--batch": batch},
+                     "for files; a live source is classified over a sliding window (--window, --stride), one "
+                     "prediction at a time")
         clf = live_mod.LiveClassifier(m, stream=stream, window=window, stride=stride, top=top_k, name=name,
                                       source=source.name)
         clf.warm_up()
