@@ -123,15 +123,21 @@ def test_run_all_only_rejects_unknown_names(tmp_path):
     assert {"cli", "pipeline"} <= {run_all.bench_name(p) for p in run_all.discover(BENCH)}
 
 
-@pytest.mark.slow
-def test_bench_pipeline_quick_writes_json(tmp_path):
-    assert (VIDEOS / "Megamind.avi").is_file(), f"test videos missing at {VIDEOS}"
-    out = tmp_path / "pipeline.json"
-    proc = _run([str(BENCH / "bench_pipeline.py"), "--quick", "--out", str(out)])
+def _quick(tmp_path: Path, name: str, *args: str) -> dict:
+    """`benchmarks/bench_<name>.py --quick ARGS`: its JSON document, the same on stdout and in --out, checked."""
+    out = tmp_path / f"{name}.json"
+    proc = _run([str(BENCH / f"bench_{name}.py"), "--quick", *args, "--out", str(out)])
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(proc.stdout)
     assert doc == json.loads(out.read_text())
-    _check_document(doc, "pipeline")
+    _check_document(doc, name)
+    return doc
+
+
+@pytest.mark.slow
+def test_bench_pipeline_quick_writes_json(tmp_path):
+    assert (VIDEOS / "Megamind.avi").is_file(), f"test videos missing at {VIDEOS}"
+    doc = _quick(tmp_path, "pipeline")
     real = doc["details"]["real"]
     for side in ("ours_train", "ours_train_1worker", "ours_eval", "tutorial"):
         assert real[side]["batch_shape"][1:] == [10, 224, 224, 3]
@@ -145,12 +151,7 @@ def test_bench_cli_quick_writes_json(tmp_path, run_copy, tiny_onnx):
     """On the suite's shared tiny run (training it here again would double the cost)."""
     assert (VIDEOS / "Megamind.avi").is_file(), f"test videos missing at {VIDEOS}"
     shutil.copyfile(tiny_onnx, run_copy / "model.onnx")
-    out = tmp_path / "cli.json"
-    proc = _run([str(BENCH / "bench_cli.py"), "--quick", "--model", str(run_copy), "--out", str(out)])
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    doc = json.loads(proc.stdout)
-    assert doc == json.loads(out.read_text())
-    _check_document(doc, "cli")
+    doc = _quick(tmp_path, "cli", "--model", str(run_copy))
     d = doc["details"]
     assert d["help"]["n"] == 3
     for side in ("predict_onnx", "predict_keras"):
@@ -165,12 +166,7 @@ def test_bench_cli_quick_writes_json(tmp_path, run_copy, tiny_onnx):
 
 @pytest.mark.slow
 def test_bench_train_quick_times_each_family_through_its_trainer(tmp_path):
-    out = tmp_path / "train.json"
-    proc = _run([str(BENCH / "bench_train.py"), "--quick", "--families", "r2plus1d,tsm",
-                 "--precisions", "float32,mixed_bfloat16", "--out", str(out)])
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    doc = json.loads(proc.stdout)
-    _check_document(doc, "train")
+    doc = _quick(tmp_path, "train", "--families", "r2plus1d,tsm", "--precisions", "float32,mixed_bfloat16")
     rows = {(r["family"], r["precision"]): r for r in doc["details"]["rows"]}
     assert set(rows) == {(f, p) for f in ("r2plus1d", "tsm") for p in ("float32", "mixed_bfloat16")}
     for r in rows.values():
@@ -184,20 +180,12 @@ def test_bench_train_quick_times_each_family_through_its_trainer(tmp_path):
 
 @pytest.mark.slow
 def test_bench_stream_quick_times_both_stream_models(tmp_path):
-    out = tmp_path / "stream.json"
-    proc = _run([str(BENCH / "bench_stream.py"), "--quick", "--out", str(out)])
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    doc = json.loads(proc.stdout)
-    _check_document(doc, "stream")
+    doc = _quick(tmp_path, "stream")
     assert [m["model"] for m in doc["details"]["models"]] == ["TSM-MobileNetV2 online", "MoViNet-A0 stream"]
     assert all(m["states"] > 0 and m["per_frame_1_thread_s"]["median"] > 0 for m in doc["details"]["models"])
 
 
 @pytest.mark.slow
 def test_bench_predict_quick_compares_sequential_and_parallel(tmp_path):
-    out = tmp_path / "predict.json"
-    proc = _run([str(BENCH / "bench_predict.py"), "--quick", "--out", str(out)])
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    doc = json.loads(proc.stdout)
-    _check_document(doc, "predict")
+    doc = _quick(tmp_path, "predict")
     assert set(doc["details"]["runs"]) == {"sequential", "parallel"} and doc["details"]["files"] == 6
